@@ -1,0 +1,131 @@
+"""Runs: durable execution (ARCHITECTURE §5).
+
+A run is claimed by one worker at a time through a lease (worker_id, lease_expires_at) renewed
+by heartbeat; an expired lease makes it claimable again. Each node's state, output and events are
+written before dependents start, so a resuming worker re-executes only unfinished nodes.
+
+Revision ID: 0003_runs
+Revises: 0002_registry
+Create Date: 2026-12-03
+"""
+
+from alembic import op
+
+revision = "0003_runs"
+down_revision = "0002_registry"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("""
+    CREATE TABLE runs (
+        id                 text PRIMARY KEY,
+        project_id         text NOT NULL REFERENCES projects(id),
+        blueprint_id       text,                   -- NULL for an inline blueprint
+        blueprint_version  bigint,
+        spec               jsonb NOT NULL,         -- the pinned Blueprint, protobuf JSON
+        inputs             jsonb NOT NULL DEFAULT '{}',
+        state              text NOT NULL DEFAULT 'QUEUED' CHECK (state IN
+                             ('QUEUED', 'RUNNING', 'WAITING', 'SUCCEEDED', 'FAILED',
+                              'CANCELLED', 'TIMED_OUT')),
+        output             jsonb,
+        error              jsonb,
+        usage              jsonb NOT NULL DEFAULT '{}',
+        request_id         text,
+        creator            text NOT NULL DEFAULT '',
+        -- Child runs started by a workflow node.
+        parent_run_id      text REFERENCES runs(id),
+        parent_node        text,
+        depth              int NOT NULL DEFAULT 0 CHECK (depth >= 0),
+        -- The lease: who executes the run and until when, unless renewed.
+        worker_id          text,
+        lease_expires_at   timestamptz,
+        claim_count        int NOT NULL DEFAULT 0,  -- >1 means the run was resumed
+        -- A WAITING run is claimable again at wake_at (a human node's timeout, a retry backoff).
+        wake_at            timestamptz,
+        deadline           timestamptz,
+        cancel_requested   boolean NOT NULL DEFAULT false,
+        cancel_reason      text,
+        last_event_seq     bigint NOT NULL DEFAULT 0,
+        create_time        timestamptz NOT NULL DEFAULT now(),
+        start_time         timestamptz,
+        end_time           timestamptz,
+        update_time        timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE UNIQUE INDEX runs_request_id ON runs (project_id, request_id)
+        WHERE request_id IS NOT NULL;
+    CREATE INDEX runs_list ON runs (project_id, create_time DESC, id);
+    -- What workers scan: unfinished runs, oldest first.
+    CREATE INDEX runs_claimable ON runs (create_time)
+        WHERE state IN ('QUEUED', 'RUNNING', 'WAITING');
+    CREATE INDEX runs_children ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+
+    -- One row per node execution path (`each[2].fetch`); the checkpoint a resume reads.
+    CREATE TABLE run_nodes (
+        run_id       text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        path         text NOT NULL,
+        node_id      text NOT NULL,
+        kind         text NOT NULL,
+        state        text NOT NULL CHECK (state IN
+                       ('PENDING', 'RUNNING', 'WAITING', 'SUCCEEDED', 'FAILED', 'SKIPPED',
+                        'CANCELLED', 'TIMED_OUT')),
+        attempt      int NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+        output       jsonb,
+        error        jsonb,
+        usage        jsonb NOT NULL DEFAULT '{}',
+        wake_at      timestamptz,
+        start_time   timestamptz,
+        end_time     timestamptz,
+        update_time  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (run_id, path)
+    );
+
+    -- Each attempt of a node, keyed by its idempotency key `run/node/attempt`: at-least-once
+    -- execution is visible here, and a completion is recorded exactly once.
+    CREATE TABLE node_attempts (
+        run_id           text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        path             text NOT NULL,
+        attempt          int NOT NULL CHECK (attempt >= 1),
+        idempotency_key  text NOT NULL UNIQUE,
+        worker_id        text NOT NULL,
+        outcome          text CHECK (outcome IN
+                           ('SUCCEEDED', 'FAILED', 'TIMED_OUT', 'CANCELLED', 'ABANDONED')),
+        start_time       timestamptz NOT NULL DEFAULT now(),
+        end_time         timestamptz,
+        PRIMARY KEY (run_id, path, attempt)
+    );
+
+    -- The durable event log. Redis pub/sub only wakes listeners; readers replay from here.
+    CREATE TABLE run_events (
+        run_id   text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        seq      bigint NOT NULL CHECK (seq >= 1),
+        type     text NOT NULL,
+        node     text NOT NULL DEFAULT '',
+        payload  jsonb NOT NULL DEFAULT '{}',
+        time     timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (run_id, seq)
+    );
+
+    -- Answers to human nodes: at most one per node path.
+    CREATE TABLE run_signals (
+        run_id       text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        node         text NOT NULL,
+        decision     text NOT NULL CHECK (decision IN ('APPROVE', 'REJECT', 'INPUT')),
+        input        jsonb,
+        comment      text NOT NULL DEFAULT '',
+        actor        text NOT NULL DEFAULT '',
+        create_time  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (run_id, node)
+    );
+    """)
+
+
+def downgrade() -> None:
+    op.execute("""
+    DROP TABLE run_signals;
+    DROP TABLE run_events;
+    DROP TABLE node_attempts;
+    DROP TABLE run_nodes;
+    DROP TABLE runs;
+    """)

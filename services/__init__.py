@@ -1,0 +1,1 @@
+"""iceOS server: the registry, orchestrator and sandbox services and what they share."""

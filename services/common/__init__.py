@@ -1,0 +1,1 @@
+"""What every iceOS service shares: settings, store, Redis, identity, errors, server bootstrap."""

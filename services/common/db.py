@@ -1,0 +1,106 @@
+"""The Postgres store every service shares: an async psycopg pool with pgvector types, and a
+watcher that tracks whether the database is reachable and at the expected schema head."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import psycopg
+from pgvector.psycopg import register_vector_async
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from . import errors
+
+log = logging.getLogger(__name__)
+
+
+async def _configure(conn: psycopg.AsyncConnection) -> None:
+    try:
+        await register_vector_async(conn)
+    except psycopg.ProgrammingError:
+        # The vector extension is not installed yet (schema not migrated): the connection is
+        # still useful for readiness checks; vector columns are simply not adapted.
+        pass
+
+
+class Database:
+    """A lazily-opened pool. Queries raise errors.Unavailable while Postgres is unreachable, so
+    callers get UNAVAILABLE instead of a hang or a traceback."""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10,
+                 connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.pool = AsyncConnectionPool(
+            url, min_size=min_size, max_size=max_size, open=False, configure=_configure,
+            kwargs={"autocommit": True, "row_factory": dict_row,
+                    "connect_timeout": max(1, int(connect_timeout))},
+            timeout=connect_timeout, check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=0,
+        )
+        self._opened = False
+
+    async def open(self) -> None:
+        if not self._opened:
+            await self.pool.open(wait=False)
+            self._opened = True
+
+    async def close(self) -> None:
+        if self._opened:
+            await self.pool.close()
+            self._opened = False
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A pooled autocommit connection; use `conn.transaction()` for atomic work."""
+        await self.open()
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            log.warning("database unavailable: %s", exc.__class__.__name__)
+            raise errors.Unavailable("the database is unavailable; retry shortly") from None
+        except TimeoutError:
+            raise errors.Unavailable("the database is unavailable; retry shortly") from None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    async def ping(self) -> bool:
+        try:
+            async with self.connection() as conn:
+                await conn.execute("SELECT 1")
+            return True
+        except errors.Unavailable:
+            return False
+
+
+async def schema_ready(db: Database, required_table: str = "semantic_memory") -> bool:
+    """True when Postgres answers and the schema is migrated (the table exists)."""
+    try:
+        async with db.connection() as conn:
+            row = await (await conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL AS ok", (required_table,))).fetchone()
+            return bool(row and row["ok"])
+    except (errors.Unavailable, psycopg.Error):
+        return False
+
+
+async def watch_readiness(db: Database, on_change: Callable[[bool], Awaitable[None] | None],
+                          interval: float = 1.0) -> None:
+    """Poll the database forever, calling on_change(ready) whenever readiness flips."""
+    ready: bool | None = None
+    while True:
+        now = await schema_ready(db)
+        if now != ready:
+            ready = now
+            log.info("database %s", "ready" if now else "not ready")
+            result = on_change(now)
+            if asyncio.iscoroutine(result):
+                await result
+        await asyncio.sleep(interval)

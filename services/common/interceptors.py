@@ -1,0 +1,252 @@
+"""The cross-cutting part of every RPC, in one server interceptor: request id and JSON logs,
+authentication and the method's declared access rule, tenant scoping of resource names, the
+audit record of writes, metrics, and the mapping of domain errors to gRPC statuses.
+
+Access rules live in the contract (`option (iceos.auth.v1.access)` on each RPC); a method without
+one cannot be called (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.message import Message
+from iceos.auth.v1 import access_pb2
+from prometheus_client import Counter, Histogram
+
+from . import errors, grpc_errors, logs
+from .auth import Authenticator
+from .db import Database
+from .principal import Principal, Role, reset_current, set_current
+
+log = logging.getLogger(__name__)
+
+# Methods that are not iceOS APIs and carry no iceOS token. The ext_authz Check authenticates
+# the token it is asked about itself.
+EXEMPT_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/envoy.service.auth.v3.Authorization/",
+)
+
+RPC_TOTAL = Counter("iceos_rpc_total", "RPCs handled", ["method", "code"])
+RPC_SECONDS = Histogram("iceos_rpc_seconds", "RPC latency", ["method"],
+                        buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5,
+                                 5, 10, 30))
+
+
+class AccessRules:
+    """Reads and caches each method's AccessRule from the descriptor pool."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, access_pb2.AccessRule | None] = {}
+
+    def get(self, method: str) -> access_pb2.AccessRule | None:
+        if method not in self._cache:
+            full = method.lstrip("/").replace("/", ".")
+            try:
+                options = descriptor_pool.Default().FindMethodByName(full).GetOptions()
+            except KeyError:
+                self._cache[method] = None
+            else:
+                has = options.HasExtension(access_pb2.access)
+                self._cache[method] = options.Extensions[access_pb2.access] if has else None
+        return self._cache[method]
+
+
+def resource_names(request: Message) -> list[tuple[str, str]]:
+    """(field path, value) of the request's resource-name fields: `parent`, `name`, and the
+    `name` of a resource message carried by Update requests."""
+    found: list[tuple[str, str]] = []
+    for field, value in request.ListFields():
+        if field.name in ("parent", "name") and isinstance(value, str):
+            found.append((field.name, value))
+        elif field.message_type is not None and not field.is_repeated \
+                and isinstance(value, Message):
+            inner = value.DESCRIPTOR.fields_by_name.get("name")
+            if inner is not None and inner.type == inner.TYPE_STRING:
+                nested = getattr(value, "name")
+                if nested:
+                    found.append((f"{field.name}.name", nested))
+    return found
+
+
+def project_in(name: str) -> str | None:
+    parts = name.split("/")
+    if len(parts) >= 2 and parts[0] == "projects":
+        return parts[1]
+    return None
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticator: Authenticator | None, db: Database | None) -> None:
+        self.authenticator = authenticator
+        self.db = db
+        self.rules = AccessRules()
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        exempt = method.startswith(EXEMPT_PREFIXES)
+        rule = None if exempt else self.rules.get(method)
+        call = _Call(self, method, metadata, exempt, rule)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                call.wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                call.wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        # Client-streaming methods: none of ours today; health and reflection only.
+        if not exempt:
+            log.error("refusing client-streaming method without interceptor support: %s",
+                      method)
+            return None
+        return handler
+
+
+class _Call:
+    """The per-call state of the interceptor."""
+
+    def __init__(self, owner: ServiceInterceptor, method: str, metadata: dict[str, Any],
+                 exempt: bool, rule: access_pb2.AccessRule | None) -> None:
+        self.owner = owner
+        self.method = method
+        self.metadata = metadata
+        self.exempt = exempt
+        self.rule = rule
+        self.request_id = str(metadata.get("x-request-id") or uuid.uuid4().hex)[:128]
+        self.principal: Principal | None = None
+        self.resource = ""
+        self.project: str | None = None
+
+    async def _authorize(self, request: Message) -> Principal | None:
+        if self.exempt:
+            return None
+        rule = self.rule
+        if rule is None or (rule.role == access_pb2.ROLE_UNSPECIFIED and not rule.public):
+            raise errors.PermissionDenied(f"{self.method} declares no access rule",
+                                          reason="NO_ACCESS_RULE")
+        if rule.public:
+            return None
+        if self.owner.authenticator is None:
+            raise errors.Unavailable("authentication is not available")
+        principal = await self.owner.authenticator.authenticate(self.metadata.get("authorization"))
+        self.principal = principal
+        principal.require(Role(rule.role))
+        if rule.organization_scope and not principal.organization_wide:
+            raise errors.PermissionDenied("this call needs an organization-wide token",
+                                          reason="ORGANIZATION_SCOPE_REQUIRED")
+        for field, value in resource_names(request):
+            self.resource = self.resource or value
+            project = project_in(value)
+            if project is not None:
+                self.project = self.project or project
+                await self.owner.authenticator.check_project(principal, project)
+        return principal
+
+    def _enter(self) -> tuple[Any, float]:
+        return logs.request_id_var.set(self.request_id), time.perf_counter()
+
+    async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext) -> str:
+        if isinstance(exc, errors.IceError):
+            status = grpc_errors.to_status(exc)
+            if isinstance(exc, (errors.Unavailable,)):
+                log.warning("%s unavailable: %s", self.method, exc.message)
+        else:
+            log.error("unhandled error in %s", self.method, exc_info=exc)
+            status = grpc_errors.internal_status(self.request_id)
+        await context.abort_with_status(status)
+        return status.code.name  # pragma: no cover - abort raises
+
+    async def _finish(self, code: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        RPC_TOTAL.labels(self.method, code).inc()
+        RPC_SECONDS.labels(self.method).observe(elapsed)
+        # Health checks arrive every second from the edge: keep them out of INFO logs.
+        log.log(logging.DEBUG if self.exempt else logging.INFO, "rpc",
+                extra={"method": self.method, "code": code, "ms": round(elapsed * 1000, 3)})
+        if (self.principal is not None and self.rule is not None
+                and self.rule.role >= access_pb2.ROLE_EDITOR and self.owner.db is not None):
+            await self._audit(code)
+
+    async def _audit(self, code: str) -> None:
+        principal = self.principal
+        assert principal is not None and self.owner.db is not None
+        try:
+            async with self.owner.db.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO audit_log (organization_id, project_id, actor, method, resource,"
+                    " outcome, request_id, details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (principal.organization_id, self.project or principal.project_id,
+                     principal.token_name, self.method, self.resource, code, self.request_id,
+                     json.dumps({})))
+        except Exception:
+            log.error("could not write the audit record for %s", self.method, exc_info=True)
+
+    def wrap_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def unary(request: Message, context: grpc.aio.ServicerContext) -> Any:
+            rid_token, started = self._enter()
+            code = "OK"
+            principal_token = None
+            try:
+                principal_token = set_current(await self._authorize(request))
+                context.set_trailing_metadata((("x-request-id", self.request_id),))
+                return await behavior(request, context)
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                code = "ABORTED_BY_HANDLER"
+                raise
+            except Exception as exc:  # noqa: BLE001 - the one place errors become statuses
+                code = _code_name(exc)
+                await self._fail(exc, context)
+            finally:
+                if principal_token is not None:
+                    reset_current(principal_token)
+                await self._finish(code, started)
+                logs.request_id_var.reset(rid_token)
+
+        return unary
+
+    def wrap_stream(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def stream(request: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            rid_token, started = self._enter()
+            code = "OK"
+            principal_token = None
+            try:
+                principal_token = set_current(await self._authorize(request))
+                async for item in behavior(request, context):
+                    yield item
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                code = "CANCELLED"
+                raise
+            except Exception as exc:  # noqa: BLE001
+                code = _code_name(exc)
+                await self._fail(exc, context)
+            finally:
+                if principal_token is not None:
+                    reset_current(principal_token)
+                await self._finish(code, started)
+                logs.request_id_var.reset(rid_token)
+
+        return stream
+
+
+def _code_name(exc: BaseException) -> str:
+    if isinstance(exc, errors.IceError):
+        return grpc_errors.to_status(exc).code.name
+    return "INTERNAL"

@@ -1,0 +1,1 @@
+"""The orchestrator service: durable runs of blueprints, and semantic memory."""

@@ -1,0 +1,1 @@
+"""Semantic memory: text kept per project and found again by meaning (pgvector)."""

@@ -1,0 +1,1 @@
+"""Identity: organizations, projects and API tokens."""

@@ -1,0 +1,1 @@
+"""The sandbox service: isolated execution of untrusted Python and WASM."""

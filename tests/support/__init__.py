@@ -1,0 +1,1 @@
+"""Shared test fixtures' machinery: real Postgres, Redis, service processes and Envoy."""
