@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto proto-check lint run test test-fast migrate-sql bench clean
+.PHONY: help setup proto proto-check proto-breaking run test migrate-sql bench clean
 
 help:
 	@echo "make setup        create .venv and install iceos, iceos-proto and iceos-client (editable)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test         run the test suite against real Postgres, Redis, services and Envoy"
 	@echo "make proto        regenerate gen/ from proto/ (offline)"
 	@echo "make proto-check  buf lint + format check + fail if regeneration changes gen/"
+	@echo "make proto-breaking  buf breaking against main (BASE=<ref> to choose)"
 	@echo "make migrate-sql  print the migrations as SQL for a DBA (Alembic offline mode)"
 	@echo "make bench        run the benchmarks in bench/ (tables + JSON in bench/results/)"
 
@@ -39,6 +40,16 @@ proto-check: $(STAMP)
 	$(MAKE) --no-print-directory proto
 	@git diff --exit-code --stat -- gen/ && test -z "$$(git status --porcelain -- gen/)" \
 	  || (echo "gen/ is stale: run 'make proto' and commit the result" >&2; exit 1)
+
+# buf breaking against BASE (default main). The Google protos are not in git, so the baseline
+# is built from `git archive` plus the same third-party copy.
+BASE ?= main
+proto-breaking: $(STAMP)
+	$(BIN)/python tools/third_party_protos.py
+	@base=$$(mktemp -d) && trap 'rm -rf "$$base"' EXIT && \
+	  git archive $(BASE) proto buf.yaml | tar -x -C "$$base" && \
+	  mkdir -p "$$base/.build" && cp -r .build/third_party "$$base/.build/" && \
+	  $(BIN)/buf breaking --against "$$base" && echo "no breaking changes against $(BASE)"
 
 run: $(STAMP)
 	$(BIN)/python -m services.stack
