@@ -12,7 +12,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
-from . import errors, tokens
+from . import errors, service_auth, tokens
 from .db import Database
 from .principal import Principal, Role
 
@@ -23,8 +23,10 @@ _LAST_USE_WRITE_INTERVAL_S = 60.0
 
 
 class Authenticator:
-    def __init__(self, db: Database, cache_ttl_s: float = 2.0) -> None:
+    def __init__(self, db: Database, cache_ttl_s: float = 2.0,
+                 service_key: bytes | None = None) -> None:
         self.db = db
+        self.service_key = service_key
         self.cache_ttl_s = cache_ttl_s
         self._tokens: dict[str, tuple[float, Principal]] = {}
         self._projects: dict[str, tuple[float, str | None]] = {}
@@ -34,6 +36,8 @@ class Authenticator:
     async def authenticate(self, authorization: str | None) -> Principal:
         """The principal for an `authorization` header value, or Unauthenticated saying why."""
         secret = parse_bearer(authorization)
+        if service_auth.is_service_token(secret):
+            return service_auth.verify(self.service_key, secret)
         now = time.monotonic()
         cached = self._tokens.get(secret)
         if cached and cached[0] > now:
@@ -124,7 +128,7 @@ def parse_bearer(authorization: str | None) -> str:
     secret = value.strip()
     if not secret:
         raise errors.Unauthenticated("the Bearer token is empty", reason="MISSING_CREDENTIALS")
-    if not tokens.well_formed(secret):
+    if not tokens.well_formed(secret) and not service_auth.is_service_token(secret):
         raise errors.Unauthenticated("the token is malformed; iceOS tokens look like ice_…",
                                      reason="TOKEN_MALFORMED")
     return secret

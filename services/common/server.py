@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from . import logs, migrate
+from . import logs, migrate, pagination
 from .auth import Authenticator
 from .db import Database, watch_readiness
 from .interceptors import ServiceInterceptor
@@ -108,9 +108,11 @@ async def serve(spec: ServiceSpec, settings: Settings | None = None) -> int:
     if settings.require_db:
         await asyncio.to_thread(require_database, settings)
 
+    pagination.configure(settings.service_key or (settings.secret_key or "").encode() or None)
     db = Database(settings.database_url, max_size=spec.pool_max)
     runtime = Runtime(settings=settings, db=db, redis=connect_redis(settings.redis_url),
-                      authenticator=Authenticator(db, settings.auth_cache_ttl_s))
+                      authenticator=Authenticator(db, settings.auth_cache_ttl_s,
+                                                  settings.service_key))
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor(runtime.authenticator, db)],
         options=server_options(),

@@ -118,6 +118,8 @@ class Settings:
     # long a revoked token keeps working.
     auth_cache_ttl_s: float = 2.0
     metrics_port: int | None = None
+    # Shared by the services to sign service tokens (services.common.service_auth).
+    service_key: bytes | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -152,4 +154,6 @@ class Settings:
             shutdown_grace_s=_number(env, "ICEOS_SHUTDOWN_GRACE_S", 20.0),
             auth_cache_ttl_s=_number(env, "ICEOS_AUTH_CACHE_TTL_S", 2.0),
             metrics_port=int(metrics) if metrics else None,
+            service_key=env["ICEOS_SERVICE_KEY"].encode() if env.get("ICEOS_SERVICE_KEY")
+            else None,
         )

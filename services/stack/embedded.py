@@ -25,10 +25,20 @@ class StackError(RuntimeError):
     """Something the stack needs is missing or failed; the message says what to do."""
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, never the same twice in this process (the kernel may
+    offer a just-closed port again, and two services given one port is a confusing failure)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise StackError("could not find a free port")
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -127,6 +128,7 @@ class Stack:
         service_env = dict(self.env, DATABASE_URL=database_url, REDIS_URL=redis_url,
                            ICEOS_RUN_MIGRATIONS="1", ICEOS_HOME=str(cfg.home),
                            PYTHONUNBUFFERED="1")
+        service_env.setdefault("ICEOS_SERVICE_KEY", self._service_key())
         for name, port in cfg.service_ports.items():
             service_env[f"ICEOS_{name.upper()}_PORT"] = str(port)
         for name in SERVICES:
@@ -140,6 +142,15 @@ class Stack:
         self._spawn("envoy", [envoy.envoy_binary(), "-c", str(config_path),
                               "--disable-hot-restart", "--log-level", "warn",
                               "--concurrency", "2"], self.env)
+
+    def _service_key(self) -> str:
+        """The key services share to sign service tokens: made once, kept in $ICEOS_HOME."""
+        path = self.config.home / "service-key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        return path.read_text().strip()
 
     def _bootstrap(self, database_url: str) -> None:
         token_file = self.config.home / "admin-token"

@@ -21,6 +21,8 @@ from services.stack.embedded import free_port
 from .processes import ServiceProcess, wait_for
 
 SERVICES = ("registry", "orchestrator", "sandbox")
+# The key the test stack's services share for service tokens (services.common.service_auth).
+SERVICE_KEY = b"test-service-key-0123456789abcdef"
 
 
 @dataclass
@@ -129,7 +131,7 @@ class LiveStack:
         env = dict(os.environ)
         env.update({"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
                     "ICEOS_RUN_MIGRATIONS": "1", "ICEOS_HOME": str(self.workdir),
-                    "ICEOS_LOG_LEVEL": "INFO"})
+                    "ICEOS_LOG_LEVEL": "INFO", "ICEOS_SERVICE_KEY": SERVICE_KEY.decode()})
         env.update(self.extra_env)
         return env
 
