@@ -40,6 +40,7 @@ def upgrade() -> None:
         component_id  text NOT NULL,
         version       bigint NOT NULL CHECK (version >= 1),
         spec          jsonb NOT NULL,             -- the Component message, protobuf JSON
+        message       bytea NOT NULL,             -- the same, binary (fast to decode)
         creator       text NOT NULL DEFAULT '',
         -- The Create request that made this version: a retry returns it (idempotency).
         request_id    text,
@@ -70,6 +71,7 @@ def upgrade() -> None:
         blueprint_id  text NOT NULL,
         version       bigint NOT NULL CHECK (version >= 1),
         spec          jsonb NOT NULL,             -- the Blueprint message, protobuf JSON
+        message       bytea NOT NULL,             -- the same, binary (fast to decode)
         creator       text NOT NULL DEFAULT '',
         request_id    text,
         create_time   timestamptz NOT NULL DEFAULT now(),

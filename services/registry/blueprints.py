@@ -32,8 +32,9 @@ class Blueprints(Versioned):
             conn, project_id, content, prefix=prefix, self_id=resource_id)
         if violations:
             raise _invalid(violations)
-        return Prepared(convert.spec_of(content), {"display_name": content.display_name,
-                                                   "description": content.description})
+        return Prepared(convert.spec_of(content), content.SerializeToString(),
+                        {"display_name": content.display_name,
+                         "description": content.description})
 
     def to_proto(self, row: dict[str, Any]) -> blueprint_pb2.Blueprint:
         return convert.blueprint(row)

@@ -91,7 +91,7 @@ class Components(Versioned):
                 reason="INVALID_COMPONENT")
         text = search_text(content.display_name, content.description, resource_id,
                            list(content.tags))
-        return Prepared(convert.spec_of(content), {
+        return Prepared(convert.spec_of(content), content.SerializeToString(), {
             "display_name": content.display_name, "description": content.description,
             "kind": kind, "tags": list(content.tags),
             "embedding": self.embedder.embed(text), "embedder": self.embedder.name})

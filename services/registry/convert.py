@@ -44,21 +44,13 @@ def spec_of(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(message)
 
 
-def blueprint_from_spec(spec: dict[str, Any]) -> blueprint_pb2.Blueprint:
-    return json_format.ParseDict(spec, blueprint_pb2.Blueprint(), ignore_unknown_fields=True)
-
-
-def component_from_spec(spec: dict[str, Any]) -> component_pb2.Component:
-    return json_format.ParseDict(spec, component_pb2.Component(), ignore_unknown_fields=True)
-
-
 def _version_of(row: dict[str, Any]) -> int:
     return int(row.get("version") or row["latest_version"])
 
 
 def blueprint(row: dict[str, Any]) -> blueprint_pb2.Blueprint:
     """A head row joined with one version's spec (latest, or the one in `row["version"]`)."""
-    message = blueprint_from_spec(row["spec"])
+    message = blueprint_pb2.Blueprint.FromString(row["message"])
     version = _version_of(row)
     message.name = f"projects/{row['project_id']}/blueprints/{row['id']}"
     message.version = version
@@ -76,7 +68,7 @@ def blueprint_version(row: dict[str, Any]) -> registry_pb2.BlueprintVersion:
 
 
 def component(row: dict[str, Any]) -> component_pb2.Component:
-    message = component_from_spec(row["spec"])
+    message = component_pb2.Component.FromString(row["message"])
     version = _version_of(row)
     message.name = f"projects/{row['project_id']}/components/{row['id']}"
     message.kind = KIND_ENUMS[row["kind"]]

@@ -8,13 +8,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg
-from iceos.registry.v1 import blueprint_pb2
+from google.protobuf import json_format
+from iceos.registry.v1 import blueprint_pb2, component_pb2
 
 from services.common import builtins
 from services.common.blueprint import validate
 from services.common.blueprint.validate import ComponentInfo, WorkflowIndex, WorkflowKey
 
-from . import convert, store
+from . import store
 
 # How many blueprints and components one validation may load while following workflows.
 MAX_WORKFLOW_LOADS = 256
@@ -38,10 +39,12 @@ def local_id(project_id: str, ref: str, collection: str = "components") -> str |
     return ref if validate.RESOURCE_ID.match(ref) else None
 
 
-def _input_schema(spec: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    body = spec.get(kind) or {}
-    schema = body.get("inputSchema", body.get("input_schema"))
-    return schema if isinstance(schema, dict) and schema else None
+def _input_schema(message: bytes, kind: str) -> dict[str, Any] | None:
+    if kind not in ("tool", "code"):
+        return None
+    spec = getattr(component_pb2.Component.FromString(message), kind)
+    return json_format.MessageToDict(spec.input_schema) if spec.HasField("input_schema") \
+        else None
 
 
 async def component_lookup(conn: psycopg.AsyncConnection, project_id: str,
@@ -53,7 +56,7 @@ async def component_lookup(conn: psycopg.AsyncConnection, project_id: str,
                                        sorted({i for i in ids.values() if i}))
     by_id = {row["id"]: ComponentInfo(
         f"projects/{project_id}/components/{row['id']}", row["kind"],
-        _input_schema(row["spec"], row["kind"]), int(row["latest_version"])) for row in rows}
+        _input_schema(row["message"], row["kind"]), int(row["latest_version"])) for row in rows}
 
     def lookup(ref: str) -> ComponentInfo | None:
         if ref.startswith("builtins/"):
@@ -64,20 +67,21 @@ async def component_lookup(conn: psycopg.AsyncConnection, project_id: str,
     return lookup
 
 
-def _blueprint_edges(index: WorkflowIndex, spec: dict[str, Any]) -> list[WorkflowKey]:
+def _blueprint_edges(index: WorkflowIndex, message: bytes) -> list[WorkflowKey]:
     edges = []
-    for kind, ref, version in validate.workflow_targets(convert.blueprint_from_spec(spec)):
+    for kind, ref, version in validate.workflow_targets(
+            blueprint_pb2.Blueprint.FromString(message)):
         key = index.key(kind, ref, version)
         if key is not None:
             edges.append(key)
     return edges
 
 
-def _component_edges(index: WorkflowIndex, kind: str, spec: dict[str, Any]) -> list[WorkflowKey]:
+def _component_edges(index: WorkflowIndex, kind: str, message: bytes) -> list[WorkflowKey]:
     if kind != "workflow":
         return []
-    body = spec.get("workflow") or {}
-    key = index.key("blueprint", str(body.get("blueprint", "")), int(body.get("version") or 0))
+    body = component_pb2.Component.FromString(message).workflow
+    key = index.key("blueprint", body.blueprint, max(body.version, 0))
     return [key] if key is not None else []
 
 
@@ -103,13 +107,13 @@ async def workflow_index(conn: psycopg.AsyncConnection, project_id: str,
         comps = sorted(k[1] for k in frontier if k[0] == "component")
         found: dict[WorkflowKey, list[WorkflowKey]] = {}
         for row in await store.get_many_latest(conn, store.BLUEPRINTS, project_id, latest_bp):
-            found[("blueprint", row["id"], 0)] = _blueprint_edges(index, row["spec"])
+            found[("blueprint", row["id"], 0)] = _blueprint_edges(index, row["message"])
         for row in await store.get_versions(conn, store.BLUEPRINTS, project_id, pinned_bp):
             found[("blueprint", row["id"], int(row["version"]))] = \
-                _blueprint_edges(index, row["spec"])
+                _blueprint_edges(index, row["message"])
         for row in await store.get_many_latest(conn, store.COMPONENTS, project_id, comps):
             found[("component", row["id"], 0)] = \
-                _component_edges(index, row["kind"], row["spec"])
+                _component_edges(index, row["kind"], row["message"])
         index.edges.update(found)
         frontier = {edge for edges in found.values() for edge in edges}
     return index

@@ -93,7 +93,7 @@ def _head_columns(table: Table) -> str:
 
 
 def _select_latest(table: Table) -> str:
-    return (f"SELECT {_head_columns(table)}, v.spec, v.create_time AS version_time, v.creator"
+    return (f"SELECT {_head_columns(table)}, v.message, v.create_time AS version_time, v.creator"
             f" FROM {table.heads} h JOIN {table.versions} v ON v.project_id = h.project_id"
             f" AND v.{table.ref} = h.id AND v.version = h.latest_version")
 
@@ -119,7 +119,7 @@ async def get_version(conn: psycopg.AsyncConnection, table: Table, project_id: s
                       resource_id: str, version: int) -> dict[str, Any] | None:
     """One version (readable after its head is deleted), with its head's columns."""
     return await (await conn.execute(
-        f"SELECT {_head_columns(table)}, v.version, v.spec, v.create_time AS version_time,"
+        f"SELECT {_head_columns(table)}, v.version, v.message, v.create_time AS version_time,"
         f" v.creator FROM {table.versions} v JOIN {table.heads} h"
         f" ON h.project_id = v.project_id AND h.id = v.{table.ref}"
         f" WHERE v.project_id = %s AND v.{table.ref} = %s AND v.version = %s",
@@ -132,7 +132,7 @@ async def get_versions(conn: psycopg.AsyncConnection, table: Table, project_id: 
     if not keys:
         return []
     return await (await conn.execute(
-        f"SELECT v.{table.ref} AS id, v.version, v.spec FROM {table.versions} v"
+        f"SELECT v.{table.ref} AS id, v.version, v.message FROM {table.versions} v"
         f" JOIN unnest(%s::text[], %s::bigint[]) AS k(id, version)"
         f"  ON v.{table.ref} = k.id AND v.version = k.version WHERE v.project_id = %s",
         ([k[0] for k in keys], [k[1] for k in keys], project_id))).fetchall()
@@ -142,7 +142,7 @@ async def find_by_request(conn: psycopg.AsyncConnection, table: Table, project_i
                           request_id: str) -> dict[str, Any] | None:
     """The version a Create with this request_id made, with its head's columns."""
     return await (await conn.execute(
-        f"SELECT {_head_columns(table)}, v.version, v.spec, v.create_time AS version_time,"
+        f"SELECT {_head_columns(table)}, v.version, v.message, v.create_time AS version_time,"
         f" v.creator FROM {table.versions} v JOIN {table.heads} h"
         f" ON h.project_id = v.project_id AND h.id = v.{table.ref}"
         f" WHERE v.project_id = %s AND v.request_id = %s", (project_id, request_id))).fetchone()
@@ -183,15 +183,17 @@ async def lock_head(conn: psycopg.AsyncConnection, table: Table, project_id: str
 
 
 async def append_version(conn: psycopg.AsyncConnection, table: Table, project_id: str,
-                         resource_id: str, version: int, spec: dict[str, Any], creator: str,
+                         resource_id: str, version: int, spec: dict[str, Any], message: bytes,
+                         creator: str,
                          request_id: str | None, fields: dict[str, Any],
                          etag_of: Any) -> datetime:
     """Insert version `version` and point the head at it; `etag_of(create_time)` gives the
     new etag. Returns the version's create_time."""
     row = await (await conn.execute(
-        f"INSERT INTO {table.versions} (project_id, {table.ref}, version, spec, creator,"
-        f" request_id) VALUES (%s, %s, %s, %s, %s, %s) RETURNING create_time",
-        (project_id, resource_id, version, Jsonb(spec), creator, request_id))).fetchone()
+        f"INSERT INTO {table.versions} (project_id, {table.ref}, version, spec, message,"
+        f" creator, request_id) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING create_time",
+        (project_id, resource_id, version, Jsonb(spec), message, creator,
+         request_id))).fetchone()
     assert row is not None
     created: datetime = row["create_time"]
     columns = ["display_name", "description", *[c for c in table.extra if c in fields]]
@@ -271,7 +273,7 @@ async def list_versions(conn: psycopg.AsyncConnection, table: Table, project_id:
     if head is None:
         return None
     return await (await conn.execute(
-        f"SELECT {_head_columns(table)}, v.version, v.spec, v.create_time AS version_time,"
+        f"SELECT {_head_columns(table)}, v.version, v.message, v.create_time AS version_time,"
         f" v.creator FROM {table.versions} v JOIN {table.heads} h"
         f" ON h.project_id = v.project_id AND h.id = v.{table.ref}"
         f" WHERE v.project_id = %s AND v.{table.ref} = %s AND v.version < %s"

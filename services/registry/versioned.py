@@ -32,9 +32,11 @@ _UPDATE_RETRIES = 3
 
 @dataclass(frozen=True)
 class Prepared:
-    """What to store for one version: the spec (protobuf JSON) and the head's columns."""
+    """What to store for one version: the content (as protobuf JSON for readers of the table,
+    and binary for fast decoding) and the head's columns."""
 
     spec: dict[str, Any]
+    message: bytes
     fields: dict[str, Any]
 
 
@@ -140,7 +142,7 @@ class Versioned(ABC):
 
         await store.append_version(
             conn, self.table, project_id, resource_id, version, prepared.spec,
-            current().token_name, request_id, prepared.fields,
+            prepared.message, current().token_name, request_id, prepared.fields,
             lambda created: etag_for(project_id, resource_id, version, created))
 
     async def get(self, name: str) -> Any:

@@ -23,6 +23,7 @@ from typing import Any
 
 import jsonschema
 from google.protobuf import json_format
+from jinja2.defaults import DEFAULT_FILTERS
 from iceos.registry.v1 import blueprint_pb2
 
 from services.common.errors import FieldViolation
@@ -221,10 +222,11 @@ def _has_template(value: Any) -> bool:
     return False
 
 
-# -- templates: a fast path for the common `text {{ name.attr }} text` shape ------------------------
+# -- templates: a fast path for the common `text {{ name.attr | filter }} text` shape ------------------------
 
 _TEXT = r"(?:[^{]|\{(?![{%#]))*"
-_VAR = r"\{\{-?\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*-?\}\}"
+_VAR = (r"\{\{-?\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)"
+        r"((?:\s*\|\s*[A-Za-z_][A-Za-z0-9_]*)*)\s*-?\}\}")
 _SIMPLE_TEMPLATE = re.compile(rf"{_TEXT}(?:{_VAR}{_TEXT})*\Z")
 _SIMPLE_VAR = re.compile(_VAR)
 _JINJA_WORDS = frozenset("and or not in is if else elif endif for endfor true false none True "
@@ -241,6 +243,9 @@ def _template_names(source: str) -> tuple[frozenset[str], frozenset[str]] | None
         parts = match.group(1).split(".")
         if parts[0] in _JINJA_WORDS:
             return None
+        for name in match.group(2).replace("|", " ").split():
+            if name not in DEFAULT_FILTERS:  # let Jinja report the unknown filter
+                return None
         variables.add(parts[0])
         if parts[0] == "nodes" and len(parts) > 1:
             refs.add(parts[1])
