@@ -348,3 +348,35 @@ def test_json_through_the_edge(stack, tenant) -> None:  # type: ignore[no-untype
     assert status == 404
     status, pinned = http(edge, "GET", f"/v1/{created['name']}/versions/1", viewer)
     assert status == 200 and pinned["blueprint"]["displayName"] == "from curl"
+
+
+def test_concurrent_updates_with_one_etag_make_exactly_one_version(stack, tenant) -> None:  # type: ignore[no-untyped-def]
+    with stack.channel("registry") as channel:
+        s = stub(channel)
+        created = _create(s, tenant, "contended")
+        futures = [s.UpdateBlueprint.future(registry_pb2.UpdateBlueprintRequest(
+            blueprint=blueprint_pb2.Blueprint(name=created.name, etag=created.etag,
+                                              display_name=f"writer {i}"),
+            update_mask=field_mask_pb2.FieldMask(paths=["display_name"])),
+            metadata=tenant.md(), timeout=30) for i in range(8)]
+        won, lost = [], 0
+        for future in futures:
+            try:
+                won.append(future.result())
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.ABORTED
+                lost += 1
+        assert len(won) == 1 and lost == 7
+        current = s.GetBlueprint(registry_pb2.GetBlueprintRequest(name=created.name),
+                                 metadata=tenant.md())
+        assert (current.version, current.display_name) == (2, won[0].display_name)
+
+        # Concurrent retries of one Create (same request_id) all get the same blueprint.
+        futures = [s.CreateBlueprint.future(registry_pb2.CreateBlueprintRequest(
+            parent=tenant.parent, blueprint_id="raced", blueprint=hello(),
+            request_id="race-1"), metadata=tenant.md(), timeout=30) for _ in range(6)]
+        results = {f.result().etag for f in futures}
+        assert len(results) == 1
+        versions = s.ListBlueprintVersions(registry_pb2.ListBlueprintVersionsRequest(
+            parent=f"{tenant.parent}/blueprints/raced"), metadata=tenant.md())
+        assert [v.version for v in versions.versions] == [1]

@@ -86,7 +86,7 @@ class Components(Versioned):
                 await self._workflow(conn, project_id, resource_id, content.workflow, path, v)
         if v:
             raise errors.InvalidArgument(
-                f"the component is not valid: " + "; ".join(
+                "the component is not valid: " + "; ".join(
                     f"{i.field}: {i.description}" for i in v.items[:3]), v.items,
                 reason="INVALID_COMPONENT")
         text = search_text(content.display_name, content.description, resource_id,

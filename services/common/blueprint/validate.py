@@ -144,7 +144,9 @@ def workflow_targets(blueprint: blueprint_pb2.Blueprint) -> list[tuple[str, str,
         if graph.kind_of(node) == "workflow":
             target = node.workflow.WhichOneof("target")
             if target is not None:
-                found.append((target, getattr(node.workflow, target), node.workflow.version))
+                # `version` pins the blueprint; a workflow component pins its own.
+                version = node.workflow.version if target == "blueprint" else 0
+                found.append((target, getattr(node.workflow, target), version))
     return found
 
 

@@ -101,7 +101,3 @@ def get(name: str) -> BuiltinTool | None:
 
 def all_tools() -> list[BuiltinTool]:
     return sorted(_TOOLS.values(), key=lambda t: t.name)
-
-
-# The other built-ins register themselves on import.
-from . import data, http, text  # noqa: E402,F401
