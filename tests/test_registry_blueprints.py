@@ -380,3 +380,18 @@ def test_concurrent_updates_with_one_etag_make_exactly_one_version(stack, tenant
         versions = s.ListBlueprintVersions(registry_pb2.ListBlueprintVersionsRequest(
             parent=f"{tenant.parent}/blueprints/raced"), metadata=tenant.md())
         assert [v.version for v in versions.versions] == [1]
+
+
+def test_oversized_blueprints_are_refused(stack, tenant) -> None:  # type: ignore[no-untyped-def]
+    big = blueprint({"nodes": [{"id": "big", "llm": {"model": "deterministic",
+                                                     "prompt": "x" * (5 * 1024 * 1024)}}]})
+    with stack.channel() as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            _create(stub(channel), tenant, "big", big)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(info.value) == [("blueprint", "TOO_LARGE")]
+        many = blueprint({"nodes": [{"id": f"n{i}", "llm": {"model": "m", "prompt": "p"}}
+                                    for i in range(1001)]})
+        with pytest.raises(grpc.RpcError) as info:
+            _create(stub(channel), tenant, "many", many)
+        assert violations(info.value) == [("blueprint.nodes", "TOO_MANY_NODES")]
