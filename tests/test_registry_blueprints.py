@@ -342,6 +342,17 @@ def test_json_through_the_edge(stack, tenant) -> None:  # type: ignore[no-untype
     assert status == 400 and [(v["field"], v["reason"]) for v in
                               details[0]["fieldViolations"]] == [("blueprint.nodes[0]", "NO_KIND")]
 
+    # YAML text is loaded strictly by the registry: the misspelt kind is named.
+    source = "nodes:\n  - id: x\n    lop: {}\n  - id: y\n    llm: {model: m, prompt: p, topK: 3}\n"
+    status, result = http(edge, "POST", f"/v1/{tenant.parent}/blueprints:validate", viewer,
+                          {"source": source})
+    assert status == 200 and result["valid"] is False
+    assert [(v["field"], v["reason"]) for v in result["violations"]] == [
+        ("nodes[0].lop", "UNKNOWN_NODE_KIND"), ("nodes[1].llm.topK", "UNKNOWN_FIELD")]
+    status, result = http(edge, "POST", f"/v1/{tenant.parent}/blueprints:validate", viewer,
+                          {"source": "nodes:\n  - {id: x, llm: {model: m, prompt: p}}\n"})
+    assert status == 200 and result == {"valid": True, "violations": []}
+
     status, _ = http(edge, "DELETE", f"/v1/{created['name']}?etag={updated['etag']}", editor)
     assert status == 200
     status, _ = http(edge, "GET", f"/v1/{created['name']}", viewer)

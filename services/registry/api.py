@@ -65,7 +65,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     async def ValidateBlueprint(self, request: registry_pb2.ValidateBlueprintRequest,
                                 context: Context) -> registry_pb2.ValidateBlueprintResponse:
-        violations = await self.blueprints.validate(request.parent, request.blueprint)
+        violations = await self.blueprints.validate(request.parent, request.blueprint,
+                                                   request.source)
         return registry_pb2.ValidateBlueprintResponse(
             valid=not violations,
             violations=[registry_pb2.Violation(field=v.field, description=v.description,

@@ -8,6 +8,7 @@ import psycopg
 from iceos.registry.v1 import blueprint_pb2
 
 from services.common import errors, names
+from services.common.blueprint import authoring
 from services.common.db import Database
 
 from . import convert, filters, references, store
@@ -45,12 +46,21 @@ class Blueprints(Versioned):
     def check_change(self, old: Any, new: Any) -> None:
         return None
 
-    async def validate(self, parent: str, blueprint: blueprint_pb2.Blueprint
-                       ) -> list[errors.FieldViolation]:
+    async def validate(self, parent: str, blueprint: blueprint_pb2.Blueprint,
+                       source: str = "") -> list[errors.FieldViolation]:
         """Every violation, writing nothing. Paths are relative to the blueprint
         (`nodes[3].loop.body[0].depends_on[1]`). When `blueprint.name` names a blueprint of
-        this project, workflow cycles back to it are found too."""
+        this project, workflow cycles back to it are found too. `source` (YAML or JSON text)
+        replaces `blueprint` and is loaded strictly: shape mistakes are violations too."""
         project_id = names.project_of(parent)
+        if source:
+            if blueprint.ByteSize():
+                raise errors.InvalidArgument.field(
+                    "source", "set blueprint or source, not both", "CONFLICT")
+            try:
+                blueprint = authoring.load_blueprint(source, source="source")
+            except errors.InvalidArgument as exc:
+                return exc.violations
         self_id = None
         if blueprint.name:
             self_id = references.local_id(project_id, blueprint.name, "blueprints")
