@@ -17,6 +17,7 @@ help:
 	@echo "make proto-breaking  buf breaking against main (BASE=<ref> to choose)"
 	@echo "make migrate-sql  print the migrations as SQL for a DBA (Alembic offline mode)"
 	@echo "make bench        run the benchmarks in bench/ (tables + JSON in bench/results/)"
+	@echo "make bench-sandbox  sandbox latency and throughput (bench/results/sandbox.json)"
 
 $(STAMP): pyproject.toml gen/python/pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +63,10 @@ migrate-sql: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+.PHONY: bench-sandbox
+bench-sandbox: $(STAMP)
+	$(BIN)/python -m bench sandbox
 
 clean:
 	rm -rf .build .pytest_cache

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import unicodedata
 from collections.abc import AsyncIterator
 from typing import Any
@@ -32,10 +33,12 @@ MAX_IDEMPOTENCY_KEY = 512
 BINARY_CONTROL_SHARE = 0.01
 
 
+# C0 and C1 control characters other than the whitespace ones (\t \n \v \f \r).
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+
+
 def _control_share(text: str) -> float:
-    controls = sum(1 for c in text if c not in "\t\n\r\f\v"
-                   and unicodedata.category(c) in ("Cc", "Cs", "Co"))
-    return controls / max(1, len(text))
+    return len(_CONTROL.findall(text)) / max(1, len(text))
 
 
 def validate(job: Job) -> None:

@@ -30,7 +30,7 @@ class UidBlock:
     def uid(self, slot: int) -> int:
         if not 0 <= slot < self.size:
             raise ValueError(f"slot {slot} outside the uid block")
-        return self.first + slot
+        return self.first + slot if self._lock_fd >= 0 else self.first
 
     def release(self) -> None:
         if self._lock_fd >= 0:
@@ -39,6 +39,10 @@ class UidBlock:
 
 
 def reserve(slots: int, lock_dir: str | None = None) -> UidBlock:
+    """A block of `slots` uids. Without root the children keep the service's uid (the zygote
+    cannot change it), so nothing is reserved."""
+    if os.geteuid() != 0:
+        return UidBlock(os.getuid(), slots, -1)
     if slots > BLOCK_SIZE:
         raise ValueError(f"at most {BLOCK_SIZE} zygotes per service")
     directory = lock_dir or os.path.join(tempfile.gettempdir(), "iceos-sandbox-uids")

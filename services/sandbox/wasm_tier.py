@@ -122,10 +122,12 @@ class WasmTier:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def execute(self, job: Job, inputs_json: str, limits: ExecutionLimits) -> Outcome:
-        loop = asyncio.get_running_loop()
-        compiled = await loop.run_in_executor(self._executor, self.compile, job.wasm_module)
-        return await loop.run_in_executor(self._executor, self._run, compiled, inputs_json,
-                                          job.idempotency_key, limits)
+        # One hop to a worker thread for both compile (usually a cache hit) and run.
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._compile_and_run, job, inputs_json, limits)
+
+    def _compile_and_run(self, job: Job, inputs_json: str, limits: ExecutionLimits) -> Outcome:
+        return self._run(self.compile(job.wasm_module), inputs_json, job.idempotency_key, limits)
 
     # -- compilation ------------------------------------------------------------------------
 

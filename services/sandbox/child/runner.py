@@ -19,7 +19,7 @@ import sys
 import traceback
 from typing import Any, NoReturn
 
-from . import libc, seccomp
+from . import libc
 
 FILENAME = "main.py"
 RESULT_FD = 3
@@ -110,7 +110,7 @@ def _confine(run: dict, config: dict, fds: list[int], workdir: str) -> dict:  # 
     if os.getppid() != zygote:
         os._exit(EXIT_SETUP_FAILED)
     if config["seccomp"]:
-        seccomp.install(config["seccomp_program"])
+        config["seccomp_filter"].install()
     else:
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
 

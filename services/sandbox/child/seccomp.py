@@ -120,10 +120,23 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+class Prepared:
+    """A filter laid out in memory, ready for prctl. The zygote prepares it once, so each forked
+    child only makes the two prctl calls (building ctypes objects in a fresh fork costs more
+    than the kernel's work)."""
+
+    def __init__(self, program: bytes | None = None) -> None:
+        program = program if program is not None else build()
+        self._buffer = ctypes.create_string_buffer(program, len(program))
+        self._fprog = _SockFprog(len(program) // 8, ctypes.addressof(self._buffer))
+        self.address = ctypes.addressof(self._fprog)
+
+    def install(self) -> None:
+        """Install on the calling thread (and its future children). Irreversible."""
+        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+        libc.prctl(libc.PR_SET_SECCOMP, SECCOMP_MODE_FILTER, self.address)
+
+
 def install(program: bytes | None = None) -> None:
-    """Install the filter on the calling thread (and its future children). Irreversible."""
-    program = program if program is not None else build()
-    buffer = ctypes.create_string_buffer(program, len(program))
-    fprog = _SockFprog(len(program) // 8, ctypes.addressof(buffer))
-    libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
-    libc.prctl(libc.PR_SET_SECCOMP, SECCOMP_MODE_FILTER, libc.ptr(fprog))
+    """Build and install the filter on the calling thread. Irreversible."""
+    Prepared(program).install()

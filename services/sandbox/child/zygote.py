@@ -10,6 +10,7 @@ forks from is the same clean state every time.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -39,7 +40,7 @@ class Zygote:
         self.workbase = tempfile.gettempdir()
         self.counter = 0
         self.child_config = {"uid": self.uid, "gid": self.gid, "drop_privileges": self.root,
-                             "seccomp": config["seccomp"], "seccomp_program": None}
+                             "seccomp": config["seccomp"], "seccomp_filter": None}
 
     def send(self, message: dict) -> None:  # type: ignore[type-arg]
         try:
@@ -60,7 +61,7 @@ class Zygote:
         else:
             isolation["network"] = jail.enter_user_netns()
         if self.config["seccomp"]:
-            self.child_config["seccomp_program"] = seccomp.build()
+            self.child_config["seccomp_filter"] = seccomp.Prepared()
             self._probe_seccomp()
         return isolation
 
@@ -69,7 +70,7 @@ class Zygote:
         pid = os.fork()
         if pid == 0:
             try:
-                seccomp.install(self.child_config["seccomp_program"])
+                self.child_config["seccomp_filter"].install()
                 os._exit(0)
             finally:
                 os._exit(1)
@@ -184,5 +185,9 @@ def main() -> None:
         sys.exit(1)
     # Nothing beyond the standard library is importable from here on.
     sys.path[:] = [p for p in sys.path if p not in config.get("drop_paths", ())]
+    # What exists now is shared with every child; keep the collector from touching (and so
+    # copying) those pages in each of them.
+    gc.collect()
+    gc.freeze()
     zygote.send({"op": "ready", "isolation": isolation, "pid": os.getpid()})
     zygote.serve()

@@ -1,0 +1,2 @@
+"""Benchmarks: each bench/<name>/ package has a main() that prints a table and writes
+bench/results/<name>.json."""
