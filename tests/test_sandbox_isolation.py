@@ -203,6 +203,18 @@ def test_a_fork_bomb_is_contained_and_every_process_reaped(secured, owner) -> No
     assert result_of(run(secured, owner, source="def main(i):\n    return 'alive'\n")) == "alive"
 
 
+def test_a_caller_that_gives_up_stops_the_execution(secured, owner) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as info:
+        with grpc.insecure_channel(secured.address) as channel:
+            execute(channel, owner, source="import time\n\ndef main(i):\n    time.sleep(60)\n",
+                    timeout=1.5)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Killed now, not when its own 30 s limit passes.
+    wait_for(lambda: not any(z.children() for z in zygotes(secured)), 10,
+             what="the abandoned execution to be killed")
+    assert result_of(run(secured, owner, source="def main(i):\n    return 3\n")) == 3
+
+
 def test_a_killed_zygote_is_replaced_and_its_execution_fails_cleanly(secured, owner) -> None:  # type: ignore[no-untyped-def]
     wait_for(lambda: len(zygotes(secured)) == 3, 60, what="a full pool")
     before = {z.pid for z in zygotes(secured)}

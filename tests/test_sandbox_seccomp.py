@@ -67,6 +67,8 @@ def test_dangerous_calls_are_refused_with_eperm() -> None:
             "chroot": errno_of(lambda: os.chroot("/")),
             "keyctl": raw(c.syscall(250 if platform.machine() == "x86_64" else 219, 0, 0)),
             "bpf": raw(c.syscall(321 if platform.machine() == "x86_64" else 280, 0, 0, 0)),
+            "shmget": raw(c.shmget(0, 4096, 0o1600)),  # IPC_PRIVATE | IPC_CREAT | 0600
+            "msgget": raw(c.msgget(0, 0o1600)),
         }
 
     found = in_filtered_child(probe)

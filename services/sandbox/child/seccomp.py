@@ -5,7 +5,8 @@ What it refuses (EPERM unless noted): debugging other processes (ptrace, process
 mounts and root changes, kernel modules, kexec, bpf, perf_event_open, userfaultfd, the kernel
 keyring, namespace changes (setns, unshare, clone with CLONE_NEW* flags), reboot and swap,
 clock and host-name changes, io_uring (it can bypass the socket rule), leaving the process group
-(setsid, setpgid: the wall-clock kill targets the group), and every socket family except
+(setsid, setpgid: the wall-clock kill targets the group), System V IPC and POSIX message queues
+(they would outlive the execution), and every socket family except
 AF_UNIX (no network even where no network namespace could be made). clone3 answers ENOSYS so
 libc falls back to clone, whose flags a classic filter can inspect. A foreign architecture
 (e.g. 32-bit syscalls on x86_64) kills the process.
@@ -65,6 +66,13 @@ DENIED: dict[str, tuple[int | None, int | None]] = {
     "io_uring_setup": (425, 425), "io_uring_enter": (426, 426),
     "io_uring_register": (427, 427), "nfsservctl": (180, 42), "uselib": (134, None),
     "_sysctl": (156, None), "setsid": (112, 157), "setpgid": (109, 154),
+    # System V IPC objects and POSIX message queues outlive their creator in the zygote's IPC
+    # namespace: one execution could leave data there for the next.
+    "shmget": (29, 194), "shmat": (30, 196), "shmctl": (31, 195), "shmdt": (67, 197),
+    "semget": (64, 190), "semop": (65, 193), "semctl": (66, 191), "semtimedop": (220, 192),
+    "msgget": (68, 186), "msgsnd": (69, 189), "msgrcv": (70, 188), "msgctl": (71, 187),
+    "mq_open": (240, 180), "mq_unlink": (241, 181), "mq_timedsend": (242, 182),
+    "mq_timedreceive": (243, 183), "mq_notify": (244, 184), "mq_getsetattr": (245, 185),
 }
 _SOCKET = (41, 198)
 _CLONE = (56, 220)
