@@ -15,7 +15,6 @@ bench/results/sandbox.json.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import statistics
@@ -100,7 +99,7 @@ class Service:
         self.tenant = create_tenant(url)
         self.service = ServiceProcess("sandbox", service_env(
             url, ICE_DISABLE_SECCOMP="0", ICEOS_SANDBOX_CONCURRENCY="8",
-            ICEOS_SANDBOX_QUEUE_S="30", ICEOS_LOG_LEVEL="WARNING"), workdir).start(timeout=60)
+            ICEOS_SANDBOX_QUEUE_S="30", ICEOS_LOG_LEVEL="INFO"), workdir).start(timeout=60)
         self.channel = grpc.insecure_channel(self.service.address)
         self.stub = sandbox_pb2_grpc.SandboxServiceStub(self.channel)
         self.python_request = sandbox_pb2.ExecuteRequest(
@@ -124,7 +123,7 @@ class Service:
         for line in self.service.logs().splitlines():
             if "sandbox zygotes isolated" in line:
                 return json.dumps(json.loads(line).get("isolation"))
-        return "unknown (raise ICEOS_LOG_LEVEL to INFO to see it)"
+        return "unknown"
 
     def close(self) -> None:
         self.channel.close()
@@ -199,11 +198,13 @@ def main() -> None:
     sandbox = rows["python via sandbox service"]["p50_ms"]
     naive = rows["python3 -c per call (naive)"]["p50_ms"]
     wasm = rows["wasm via sandbox service"]["p50_ms"]
+    wasm_tier = rows["wasm tier in-process"]["p50_ms"]
     targets = {
         "python_sandbox_at_most_half_of_spawn": {
             "sandbox_p50_ms": sandbox, "spawn_p50_ms": naive,
             "ratio": round(sandbox / naive, 3), "met": sandbox <= naive / 2},
-        "wasm_under_2ms": {"p50_ms": wasm, "met": wasm < 2.0},
+        "wasm_under_2ms": {"service_p50_ms": wasm, "tier_p50_ms": wasm_tier,
+                           "met_through_service": wasm < 2.0, "met_in_tier": wasm_tier < 2.0},
     }
     print(f"\nsandbox latency ({os.cpu_count()} CPUs; isolation {isolation})\n")
     print(f"{'path':32} {'n':>5} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9}")
@@ -214,10 +215,12 @@ def main() -> None:
     for flow in flows:
         print(f"{'python via sandbox service':32} {flow['concurrency']:>5} "
               f"{flow['per_second']:>9.1f} {flow['p50_ms']:>9.3f} {flow['p99_ms']:>9.3f}")
+    met = targets["python_sandbox_at_most_half_of_spawn"]["met"]
     print(f"\ntarget: sandbox p50 ≤ ½ spawn p50: {sandbox:.2f} ms vs {naive:.2f} ms "
-          f"(ratio {sandbox / naive:.2f}) → {'met' if targets['python_sandbox_at_most_half_of_spawn']['met'] else 'MISSED'}")
-    print(f"target: trivial WASM < 2 ms: {wasm:.2f} ms → "
-          f"{'met' if targets['wasm_under_2ms']['met'] else 'MISSED'}\n")
+          f"(ratio {sandbox / naive:.2f}) → {'met' if met else 'MISSED'}")
+    print(f"target: trivial WASM < 2 ms: through the service {wasm:.2f} ms → "
+          f"{'met' if wasm < 2.0 else 'MISSED'}; in the WASM tier {wasm_tier:.2f} ms → "
+          f"{'met' if wasm_tier < 2.0 else 'MISSED'}\n")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "benchmark": "sandbox", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -227,5 +230,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(asyncio.sleep(0))
     main()

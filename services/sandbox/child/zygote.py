@@ -38,7 +38,6 @@ class Zygote:
         self.gid: int = config["gid"]
         self.root = os.geteuid() == 0
         self.workbase = tempfile.gettempdir()
-        self.counter = 0
         self.child_config = {"uid": self.uid, "gid": self.gid, "drop_privileges": self.root,
                              "seccomp": config["seccomp"], "seccomp_filter": None}
 
@@ -99,8 +98,8 @@ class Zygote:
             pass
 
     def run(self, message: dict, fds: list[int]) -> None:  # type: ignore[type-arg]
-        self.counter += 1
-        workdir = f"{self.workbase}/run-{self.counter}-{os.urandom(6).hex()}"
+        # Random, not counted: the name must not tell the code how many ran before it.
+        workdir = f"{self.workbase}/run-{os.urandom(8).hex()}"
         os.mkdir(workdir, 0o700)
         if self.root:
             os.chown(workdir, self.uid, self.gid)
