@@ -249,9 +249,9 @@ def test_a_busy_sandbox_waits_briefly_then_refuses(small, owner) -> None:  # typ
         assert result_of(long.result(timeout=30)) == 3
     # A short wait is absorbed: the second call queues behind the first and runs.
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        first = pool.submit(run, small, owner, source=sleeper, inputs=0.3)
+        first = pool.submit(run, small, owner, source=sleeper, inputs=0.2)
         second = pool.submit(run, small, owner, source=sleeper, inputs=0.1)
-        assert result_of(first.result(timeout=30)) == 0.3
+        assert result_of(first.result(timeout=30)) == 0.2
         assert result_of(second.result(timeout=30)) == 0.1
 
 

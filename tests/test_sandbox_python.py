@@ -93,7 +93,11 @@ def test_no_inputs_is_none_and_async_main_works(sandbox, tenant) -> None:  # typ
      sandbox_pb2.EXECUTION_STATUS_CPU_LIMIT, "CpuLimit"),
     ("def main(inputs):\n    block = bytearray(2 * 1024 ** 3)\n    return len(block)\n", None,
      sandbox_pb2.EXECUTION_STATUS_MEMORY_LIMIT, "MemoryError"),
-], ids=["infinite-loop", "never-returns", "cpu-spin", "allocate-2gb"])
+    ("import os, signal\n\ndef main(inputs):\n    os.kill(os.getpid(), signal.SIGTERM)\n", None,
+     sandbox_pb2.EXECUTION_STATUS_KILLED, "Killed"),
+    ("import ctypes\n\ndef main(inputs):\n    return ctypes.string_at(0)\n", None,
+     sandbox_pb2.EXECUTION_STATUS_KILLED, "Killed"),
+], ids=["infinite-loop", "never-returns", "cpu-spin", "allocate-2gb", "sigterm", "segfault"])
 def test_each_limit_reports_its_own_status(sandbox, tenant, code, limit, status,  # type: ignore[no-untyped-def]
                                            error_type) -> None:
     response = execute(sandbox, tenant, source=code, limit=limit)
@@ -105,6 +109,8 @@ def test_each_limit_reports_its_own_status(sandbox, tenant, code, limit, status,
         assert response.usage.wall_time.ToNanoseconds() >= 0.9e9
     if status == sandbox_pb2.EXECUTION_STATUS_MEMORY_LIMIT:
         assert response.error.line == 2 and 'File "main.py", line 2' in response.error.traceback
+    if status == sandbox_pb2.EXECUTION_STATUS_KILLED:
+        assert ("SIGTERM" in response.error.message) or ("SIGSEGV" in response.error.message)
 
 
 def test_a_lowered_memory_limit_applies(sandbox, tenant) -> None:  # type: ignore[no-untyped-def]
@@ -241,6 +247,7 @@ def test_concurrent_executions_stay_isolated(sandbox, tenant) -> None:  # type: 
         COUNTER = []
 
         def main(inputs):
+            started = time.time()
             COUNTER.append(inputs["n"])
             with open("mine.txt", "w") as f:
                 f.write(str(inputs["n"]))
@@ -248,7 +255,8 @@ def test_concurrent_executions_stay_isolated(sandbox, tenant) -> None:  # type: 
             with open("mine.txt") as f:
                 back = int(f.read())
             return {"n": inputs["n"], "back": back, "counter": COUNTER,
-                    "files": os.listdir("."), "uid": os.getuid()}
+                    "files": os.listdir("."), "uid": os.getuid(),
+                    "span": [started, time.time()]}
     """)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(
@@ -256,8 +264,12 @@ def test_concurrent_executions_stay_isolated(sandbox, tenant) -> None:  # type: 
             range(4)))
     for n, found in enumerate(results):
         assert found == {"n": n, "back": n, "counter": [n], "files": ["mine.txt"],
-                         "uid": found["uid"]}
-    assert len({found["uid"] for found in results}) == 4  # each ran as its own uid
+                         "uid": found["uid"], "span": found["span"]}
+    overlapping = [(a, b) for a in results for b in results if a is not b
+                   and a["span"][0] < b["span"][1] and b["span"][0] < a["span"][1]]
+    assert overlapping  # they did run at the same time
+    for a, b in overlapping:
+        assert a["uid"] != b["uid"]  # and each as a uid of its own
 
 
 def test_threads_and_subprocesses_work_inside(sandbox, tenant) -> None:  # type: ignore[no-untyped-def]
