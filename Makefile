@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto proto-check proto-breaking run test migrate-sql bench bench-registry clean
+.PHONY: help setup proto proto-check proto-breaking run test migrate-sql bench bench-registry bench-sandbox clean
 
 help:
 	@echo "make setup        create .venv and install iceos, iceos-proto and iceos-client (editable)"
@@ -18,6 +18,7 @@ help:
 	@echo "make migrate-sql  print the migrations as SQL for a DBA (Alembic offline mode)"
 	@echo "make bench        run the benchmarks in bench/ (tables + JSON in bench/results/)"
 	@echo "make bench-registry  blueprint validation time by size; Get/List latency and throughput"
+	@echo "make bench-sandbox  sandbox latency and throughput (bench/results/sandbox.json)"
 
 $(STAMP): pyproject.toml gen/python/pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,6 +67,9 @@ bench: $(STAMP)
 
 bench-registry: $(STAMP)
 	$(BIN)/python -m bench registry
+
+bench-sandbox: $(STAMP)
+	$(BIN)/python -m bench sandbox
 
 clean:
 	rm -rf .build .pytest_cache
