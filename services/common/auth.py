@@ -1,8 +1,10 @@
 """Token authentication and project scoping, shared by every service.
 
 Each service authenticates every call itself (the edge is not the only lock). Verified tokens are
-cached for `auth_cache_ttl_s` (default 2 s): that is the bound on how long a revoked or expired
-token keeps working anywhere (documented as "within 5 seconds").
+cached for `auth_cache_ttl_s` (ICEOS_AUTH_CACHE_TTL_S, default 2 s, never more than 5 s): that is
+the bound on how long a revoked token keeps working anywhere. The edge reuses a Check verdict
+only for what is left of the registry's cache entry (`Verdict.reusable_s`), so it adds nothing
+to the bound (docs/security.md). Expiry is checked on every call, cached or not.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from . import errors, tokens
@@ -20,12 +23,22 @@ log = logging.getLogger(__name__)
 
 # last_use_time is advisory; writing it on every call would turn each read into a write.
 _LAST_USE_WRITE_INTERVAL_S = 60.0
+# The documented revocation bound: no setting may make a cached verdict live longer.
+MAX_CACHE_TTL_S = 5.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    principal: Principal
+    # How much longer this verdict may be reused without asking Postgres again: the rest of its
+    # cache entry, never past the token's expiry.
+    reusable_s: float
 
 
 class Authenticator:
     def __init__(self, db: Database, cache_ttl_s: float = 2.0) -> None:
         self.db = db
-        self.cache_ttl_s = cache_ttl_s
+        self.cache_ttl_s = min(max(cache_ttl_s, 0.0), MAX_CACHE_TTL_S)
         self._tokens: dict[str, tuple[float, Principal]] = {}
         self._projects: dict[str, tuple[float, str | None]] = {}
         self._last_use_written: dict[str, float] = {}
@@ -33,20 +46,29 @@ class Authenticator:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The principal for an `authorization` header value, or Unauthenticated saying why."""
+        return (await self.verify(authorization)).principal
+
+    async def verify(self, authorization: str | None) -> Verdict:
+        """`authenticate`, also saying how long the answer may be reused (ext_authz)."""
         secret = parse_bearer(authorization)
         now = time.monotonic()
         cached = self._tokens.get(secret)
         if cached and cached[0] > now:
-            principal = cached[1]
+            until, principal = cached
         else:
             principal = await self._load(secret)
-            self._tokens[secret] = (now + self.cache_ttl_s, principal)
+            until = now + self.cache_ttl_s
+            self._tokens[secret] = (until, principal)
             if len(self._tokens) > 10_000:
                 self._tokens = {k: v for k, v in self._tokens.items() if v[0] > now}
-        if principal.expire_time and principal.expire_time <= datetime.now(timezone.utc):
-            raise errors.Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
+        reusable = until - now
+        if principal.expire_time:
+            left = (principal.expire_time - datetime.now(timezone.utc)).total_seconds()
+            if left <= 0:
+                raise errors.Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
+            reusable = min(reusable, left)
         self._note_use(principal.token_id, now)
-        return principal
+        return Verdict(principal, reusable)
 
     async def _load(self, secret: str) -> Principal:
         async with self.db.connection() as conn:
@@ -84,6 +106,10 @@ class Authenticator:
             self._tokens.clear()
         else:
             self._tokens.pop(secret, None)
+
+    def forget_token(self, token_id: str) -> None:
+        """Drop a token's cached verdict in this process (after revoking it here)."""
+        self._tokens = {k: v for k, v in self._tokens.items() if v[1].token_id != token_id}
 
     async def check_project(self, principal: Principal, project_id: str) -> None:
         """NOT_FOUND unless the principal may see the project (names of other tenants' projects

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from . import logs, migrate
+from . import logs, migrate, pagination
 from .auth import Authenticator
 from .db import Database, watch_readiness
 from .interceptors import ServiceInterceptor
@@ -157,6 +157,10 @@ async def serve(spec: ServiceSpec, settings: Settings | None = None) -> int:
         await _prepare_schema(settings, runtime)
         tasks.append(asyncio.create_task(watch_readiness(db, set_health)))
         await runtime.ready.wait()
+        try:
+            await pagination.load_key(db, settings.secret_key)
+        except Exception:  # noqa: BLE001 - page tokens then stay valid in this process only
+            log.warning("could not load the page-token key", exc_info=True)
         for work in spec.background:
             tasks.append(asyncio.create_task(work(runtime)))
 
