@@ -159,3 +159,34 @@ def test_roles_and_tenants_hold_over_json(stack: LiveStack, tenant: Tenant,  # t
     who = request(edge, "GET", "/v1/principal", headers=tenant.headers(Role.VIEWER))
     assert who.status == 200 and who.json()["project"] == tenant.parent
     assert who.json()["role"] == "ROLE_VIEWER"
+
+
+DECLARED = {  # a method each service declares, with an editor rule
+    "registry": "/iceos.auth.v1.AuthService/GetCurrentPrincipal",
+    "orchestrator": "/iceos.memory.v1.MemoryService/CreateMemory",
+    "sandbox": "/iceos.sandbox.v1.SandboxService/Execute",
+}
+
+
+@pytest.mark.parametrize("service", ["registry", "orchestrator", "sandbox"])
+def test_bad_requests_directly_at_each_service_port(stack: LiveStack, tenant: Tenant,  # type: ignore[no-untyped-def]
+                                                    service: str) -> None:
+    """The gRPC forms of the HTTP bad inputs, on the service's own port: bytes that are not
+    the declared message, a 26 MiB message, a method that does not exist here."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(stack.address(service), options=options) as channel:
+        declared = channel.unary_unary(DECLARED[service])
+        # Not a protobuf message: refused as bad input once the caller is known, and never
+        # before it is (an anonymous caller learns nothing).
+        garbage = b"\xff\xff\xff\xff\x0f"
+        assert _rpc_error(declared, garbage, tenant.md(Role.ADMIN)).code() == \
+            grpc.StatusCode.INVALID_ARGUMENT
+        assert _rpc_error(declared, garbage, []).code() == grpc.StatusCode.UNAUTHENTICATED
+        # Over the 25 MiB message limit.
+        huge = _rpc_error(declared, b"\n" + b"x" * (26 * 1024 * 1024), tenant.md(Role.ADMIN))
+        assert huge.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Unknown methods: UNAUTHENTICATED without a token, UNIMPLEMENTED with one.
+        unknown = channel.unary_unary("/iceos.nothing.v1.Nothing/Call")
+        assert _rpc_error(unknown, b"", []).code() == grpc.StatusCode.UNAUTHENTICATED
+        assert _rpc_error(unknown, b"", tenant.md(Role.ADMIN)).code() == \
+            grpc.StatusCode.UNIMPLEMENTED

@@ -112,6 +112,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
         exempt = method.startswith(EXEMPT_PREFIXES)
+        implemented = handler is not None
         if handler is None:
             if exempt:
                 return None
@@ -121,16 +122,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             handler = _unimplemented(method)
         metadata = dict(handler_call_details.invocation_metadata or ())
         rule = None if exempt else self.rules.get(method)
-        call = _Call(self, method, metadata, exempt, rule)
+        # The call parses the request itself (after authentication), so that bytes which are
+        # not the declared message are INVALID_ARGUMENT, not gRPC's own INTERNAL.
+        call = _Call(self, method, metadata, exempt, rule, handler.request_deserializer)
+        call.implemented = implemented
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 call.wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 call.wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         # Client-streaming methods: none of ours today; health and reflection only.
         if not exempt:
@@ -144,8 +146,11 @@ class _Call:
     """The per-call state of the interceptor."""
 
     def __init__(self, owner: ServiceInterceptor, method: str, metadata: dict[str, Any],
-                 exempt: bool, rule: access_pb2.AccessRule | None) -> None:
+                 exempt: bool, rule: access_pb2.AccessRule | None,
+                 parse: Callable[[bytes], Any] | None = None) -> None:
         self.owner = owner
+        self.parse = parse
+        self.implemented = True
         self.method = method
         self.metadata = metadata
         self.exempt = exempt
@@ -157,17 +162,42 @@ class _Call:
         # Name of the resource a write returned (e.g. the token CreateToken minted).
         self.result = ""
 
-    async def _authorize(self, request: Message) -> Principal | None:
-        if self.exempt:
-            return None
+    def _parsed(self, raw: Any) -> Any:
+        if self.parse is None or not isinstance(raw, bytes):
+            return raw
+        try:
+            return self.parse(raw)
+        except Exception:  # noqa: BLE001 - any decoding failure is the caller's bad input
+            raise errors.InvalidArgument(
+                f"the request body is not a valid message for {self.method}",
+                reason="MALFORMED_REQUEST") from None
+
+    async def _admit(self, raw: Any) -> tuple[Principal | None, Any]:
+        """Authenticate, check the declared rule, parse, check the named projects: the
+        principal (None for exempt and public methods) and the parsed request."""
+        if self.exempt or (self.rule is not None and self.rule.public):
+            return None, self._parsed(raw)
+        principal = await self._authenticate()
+        request = self._parsed(raw)
+        if not isinstance(request, Message):  # a method in no contract: nothing to scope
+            return principal, request
+        for field, value in resource_names(request):
+            self.resource = self.resource or value
+            project = project_in(value)
+            if project is not None:
+                self.project = self.project or project
+                await self.owner.authenticator.check_project(principal, project)  # type: ignore[union-attr]
+        return principal, request
+
+    async def _authenticate(self) -> Principal:
         rule = self.rule
-        if rule is not None and rule.public:
-            return None
         if self.owner.authenticator is None:
             raise errors.Unavailable("authentication is not available")
         # Who first, then what: an anonymous caller gets UNAUTHENTICATED whatever it called.
         principal = await self.owner.authenticator.authenticate(self.metadata.get("authorization"))
         self.principal = principal
+        if rule is None and not self.implemented:
+            return principal  # in no contract: the handler answers UNIMPLEMENTED
         if rule is None or rule.role == access_pb2.ROLE_UNSPECIFIED:
             raise errors.PermissionDenied(f"{self.method} declares no access rule",
                                           reason="NO_ACCESS_RULE")
@@ -175,12 +205,6 @@ class _Call:
         if rule.organization_scope and not principal.organization_wide:
             raise errors.PermissionDenied("this call needs an organization-wide token",
                                           reason="ORGANIZATION_SCOPE_REQUIRED")
-        for field, value in resource_names(request):
-            self.resource = self.resource or value
-            project = project_in(value)
-            if project is not None:
-                self.project = self.project or project
-                await self.owner.authenticator.check_project(principal, project)
         return principal
 
     def _enter(self) -> tuple[Any, float]:
@@ -224,12 +248,13 @@ class _Call:
             log.error("could not write the audit record for %s", self.method, exc_info=True)
 
     def wrap_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def unary(request: Message, context: grpc.aio.ServicerContext) -> Any:
+        async def unary(raw: Any, context: grpc.aio.ServicerContext) -> Any:
             rid_token, started = self._enter()
             code = "OK"
             principal_token = None
             try:
-                principal_token = set_current(await self._authorize(request))
+                principal, request = await self._admit(raw)
+                principal_token = set_current(principal)
                 context.set_trailing_metadata((("x-request-id", self.request_id),))
                 response = await behavior(request, context)
                 result = getattr(response, "name", "")
@@ -250,12 +275,13 @@ class _Call:
         return unary
 
     def wrap_stream(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def stream(request: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             rid_token, started = self._enter()
             code = "OK"
             principal_token = None
             try:
-                principal_token = set_current(await self._authorize(request))
+                principal, request = await self._admit(raw)
+                principal_token = set_current(principal)
                 async for item in behavior(request, context):
                     yield item
             except (grpc.aio.AbortError, asyncio.CancelledError):
