@@ -30,9 +30,11 @@ function envoy_on_request(handle)
   if authorization == nil or TTL_MS <= 0 then
     return
   end
-  local expiry = verdicts[authorization]
-  if expiry ~= nil and expiry > handle:timestamp() then
-    handle:streamInfo():dynamicMetadata():set("iceos.edge", "verified", true)
+  local verdict = verdicts[authorization]
+  if verdict ~= nil and verdict[1] > handle:timestamp() then
+    local metadata = handle:streamInfo():dynamicMetadata()
+    metadata:set("iceos.edge", "verified", true)
+    metadata:set("iceos.edge", "token", verdict[2])  -- for the access log: who, never the secret
     return
   end
   -- Remember which header this stream carried, for the response side. A number in metadata,
@@ -63,11 +65,13 @@ function envoy_on_response(handle)
   if check == nil or check["cache_ms"] == nil then
     return
   end
+  metadata:set("iceos.edge", "token", check["token"])
   if size >= MAX_ENTRIES then
     verdicts, size = {}, 0
   end
   if verdicts[authorization] == nil then
     size = size + 1
   end
-  verdicts[authorization] = handle:timestamp() + math.min(TTL_MS, check["cache_ms"])
+  verdicts[authorization] = {handle:timestamp() + math.min(TTL_MS, check["cache_ms"]),
+                             check["token"]}
 end

@@ -138,9 +138,7 @@ class Stack:
             upstreams={n: ("127.0.0.1", p) for n, p in cfg.service_ports.items()})
         config_path = cfg.home / "envoy.yaml"
         config_path.write_text(envoy.render(edge))
-        self._spawn("envoy", [envoy.envoy_binary(), "-c", str(config_path),
-                              "--disable-hot-restart", "--log-level", "warn",
-                              "--concurrency", "2"], self.env)
+        self._spawn("envoy", envoy.command(config_path), self.env)
 
     def _bootstrap(self, database_url: str) -> None:
         token_file = self.config.home / "admin-token"
