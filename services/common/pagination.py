@@ -42,7 +42,8 @@ def decode(token: str, *, scope: str) -> dict[str, Any]:
     """The state of a token made by `encode` with the same scope, else InvalidArgument."""
     try:
         version, body, mac = token.split(".")
-        valid = version == _VERSION and hmac.compare_digest(_unb64(mac), _mac(scope, body))
+        # Compared as text: a MAC spelled differently (base64's spare bits) is not accepted.
+        valid = version == _VERSION and hmac.compare_digest(mac, _b64(_mac(scope, body)))
         state = json.loads(_unb64(body)) if valid else None
     except (ValueError, binascii.Error, UnicodeDecodeError):
         state = None
