@@ -9,9 +9,9 @@
 -- than ${ttl_ms} ms ago skips the Check: this filter marks it in dynamic metadata
 -- (iceos.edge.verified), and the ext_authz filter is configured to run only when that mark is
 -- absent. Dynamic metadata cannot be set by a caller. The Check answer says how long it may be
--- reused (cache_ms: never past the token's expiry); every service still authenticates each call
--- itself, so a revoked token is refused by the services within their own cache bound and by the
--- edge within that plus ${ttl_ms} ms.
+-- reused (cache_ms: what is left of the registry's own cache entry, never past the token's
+-- expiry), so the edge never trusts a token longer than the services do: a revoked token is
+-- refused everywhere within ICEOS_AUTH_CACHE_TTL_S. Every service still authenticates each call.
 --
 -- Lua state is per Envoy worker thread: each worker has its own small cache. Denials are never
 -- cached. Both tables are bounded and simply dropped when full.
@@ -31,10 +31,12 @@ function envoy_on_request(handle)
     return
   end
   local verdict = verdicts[authorization]
-  if verdict ~= nil and verdict[1] > handle:timestamp() then
+  local now = handle:timestamp()
+  -- {filled at, good until, token}: a clock that went backwards voids the entry.
+  if verdict ~= nil and verdict[1] <= now and now < verdict[2] then
     local metadata = handle:streamInfo():dynamicMetadata()
     metadata:set("iceos.edge", "verified", true)
-    metadata:set("iceos.edge", "token", verdict[2])  -- for the access log: who, never the secret
+    metadata:set("iceos.edge", "token", verdict[3])  -- for the access log: who, never the secret
     return
   end
   -- Remember which header this stream carried, for the response side. A number in metadata,
@@ -72,6 +74,6 @@ function envoy_on_response(handle)
   if verdicts[authorization] == nil then
     size = size + 1
   end
-  verdicts[authorization] = {handle:timestamp() + math.min(TTL_MS, check["cache_ms"]),
-                             check["token"]}
+  local now = handle:timestamp()
+  verdicts[authorization] = {now, now + math.min(TTL_MS, check["cache_ms"]), check["token"]}
 end
