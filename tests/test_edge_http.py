@@ -6,6 +6,8 @@ with the request id, and the admin interface on loopback only."""
 from __future__ import annotations
 
 import json
+import math
+import time
 
 import grpc
 import psutil
@@ -236,3 +238,37 @@ def test_the_edge_forwards_the_token_unchanged(stack: LiveStack, tenant: Tenant)
         who = auth_pb2_grpc.AuthServiceStub(channel).GetCurrentPrincipal(
             auth_pb2.GetCurrentPrincipalRequest(), metadata=tenant.md(Role.EDITOR))
     assert who.project == tenant.parent and who.role == Role.EDITOR
+
+
+def _ext_authz_checks(edge) -> int:  # type: ignore[no-untyped-def]
+    stats = request(f"127.0.0.1:{edge.admin_port}", "GET",
+                    "/stats?filter=^http\\.edge\\.ext_authz\\.(ok|denied)$").body.decode()
+    return sum(int(line.rsplit(":", 1)[1]) for line in stats.splitlines() if ":" in line)
+
+
+def test_the_verdict_cache_skips_the_check_for_a_hot_token(stack: LiveStack, tenant: Tenant,  # type: ignore[no-untyped-def]
+                                                          tmp_path) -> None:
+    from tests.support.stack import Edge
+    assert stack.edge is not None
+    cached = Edge(stack.edge.upstreams, tmp_path / "cached").start()
+    uncached = Edge(stack.edge.upstreams, tmp_path / "uncached",
+                    options={"rate_limit_rps": 100_000, "auth_cache_ms": 0}).start()
+    try:
+        for edge in (cached, uncached):
+            before, started = _ext_authz_checks(edge), time.monotonic()
+            for _ in range(10):
+                assert request(edge.address, "GET", "/v1/principal",
+                               headers=tenant.headers(Role.VIEWER)).status == 200
+                # Denials are never cached: each one asks the registry.
+                assert request(edge.address, "GET", "/v1/principal",
+                               headers={"Authorization": "Bearer ice_" + "x" * 43}).status == 401
+            checks = _ext_authz_checks(edge) - before
+            if edge is cached:
+                # One Check per Envoy worker per cache lifetime (2 s) for the valid token.
+                lifetimes = math.ceil((time.monotonic() - started) / 2) + 1
+                assert 10 < checks <= 10 + 2 * lifetimes, checks
+            else:
+                assert checks == 20, checks
+    finally:
+        cached.stop()
+        uncached.stop()
