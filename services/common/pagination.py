@@ -1,94 +1,87 @@
-"""Opaque, tamper-checked page tokens (aip.dev/158) for every List method.
+"""Opaque, tamper-checked page tokens (AIP-158).
 
-    token = pagination.encode({"after": [create_time, id]}, scope=f"ListTokens/{parent}")
-    state = pagination.decode(request.page_token, scope=f"ListTokens/{parent}")
-
-A token is the JSON state plus an HMAC-SHA256 over it and the scope, URL-safe base64. Put in the
-scope everything the token must not be reused with (method, parent, filter, ordering): a token
-from another list, another filter or edited by hand raises errors.InvalidArgument on
-`page_token`. The state is signed, not encrypted: keep secrets out of it.
-
-The key: derived from ICEOS_SECRET_KEY when set, else a random key kept in the database (table
-`instance_keys`), so every replica of every service agrees. `load_key` is called once at service
-start (services/common/server.py); until then (and in processes without a database) a random
-per-process key is used.
+A token is base64url(JSON state) + "." + an HMAC over it and a scope string. The scope binds a
+token to the list it came from (e.g. "blueprints:projects/p:filter=<hash>") so a token cannot be
+replayed against another collection or filter; a modified or foreign token is INVALID_ARGUMENT.
+The key is the services' shared key (ICEOS_SERVICE_KEY, else ICEOS_SECRET_KEY), so any replica
+accepts any other's tokens.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
-import secrets
 from typing import Any
 
 from . import errors
 
-_VERSION = "1"
-_MAC_BYTES = 16
-_KEY_NAME = "page_token"
-_key: bytes = secrets.token_bytes(32)
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 50
+
+_key: bytes = b"iceos-page-tokens"
+
+
+def configure(key: bytes | None) -> None:
+    """Set the signing key (called once at service start)."""
+    global _key
+    if key:
+        _key = hashlib.sha256(b"iceos-page-tokens:" + key).digest()
+
+
+def _sign(body: str, scope: str) -> str:
+    digest = hmac.new(_key, f"{scope}\x00{body}".encode(), hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def encode(state: dict[str, Any], *, scope: str) -> str:
-    payload = json.dumps(state, separators=(",", ":"), sort_keys=True).encode()
-    body = _b64(payload)
-    return f"{_VERSION}.{body}.{_b64(_mac(scope, body))}"
+    body = base64.urlsafe_b64encode(
+        json.dumps(state, separators=(",", ":"), default=str).encode()).rstrip(b"=").decode()
+    return f"{body}.{_sign(body, scope)}"
 
 
-def decode(token: str, *, scope: str) -> dict[str, Any]:
-    """The state of a token made by `encode` with the same scope, else InvalidArgument."""
+def decode(token: str, *, scope: str, field: str = "page_token") -> dict[str, Any]:
+    """The state inside `token`; INVALID_ARGUMENT if it was altered or is from another list."""
+    bad = errors.InvalidArgument.field(
+        field, "is not a page token from this list (it was altered, or the filter or parent "
+               "changed); start again without page_token", "BAD_PAGE_TOKEN")
     try:
-        version, body, mac = token.split(".")
-        # Compared as text: a MAC spelled differently (base64's spare bits) is not accepted.
-        valid = version == _VERSION and hmac.compare_digest(mac, _b64(_mac(scope, body)))
-        state = json.loads(_unb64(body)) if valid else None
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        state = None
+        body, signature = token.split(".")
+        if not hmac.compare_digest(signature, _sign(body, scope)):
+            raise bad
+        state = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (ValueError, TypeError):
+        raise bad from None
     if not isinstance(state, dict):
-        raise errors.InvalidArgument.field(
-            "page_token", "is not a page token of this list; pass next_page_token from the "
-                          "previous response unchanged, with the same request fields",
-            "BAD_PAGE_TOKEN")
+        raise bad
     return state
 
 
-def page_size(requested: int, *, default: int = 50, maximum: int = 1000) -> int:
-    """AIP-158 page size: 0 means the default, larger than the maximum is clamped, negative is
-    an error."""
-    if requested < 0:
-        raise errors.InvalidArgument.field("page_size", "must not be negative")
-    return min(requested or default, maximum)
+def page_size(requested: int, *, default: int = DEFAULT_PAGE_SIZE,
+              maximum: int = MAX_PAGE_SIZE, field: str = "page_size") -> int:
+    if requested < 0 or requested > maximum:
+        raise errors.InvalidArgument.field(field, f"must be between 0 and {maximum} "
+                                                  f"(0 means {default})", "OUT_OF_RANGE")
+    return requested or default
 
 
-def set_key(key: bytes) -> None:
-    global _key
-    _key = key
+def scope_for(kind: str, parent: str, filter_text: str = "") -> str:
+    return f"{kind}:{parent}:{hashlib.sha256(filter_text.encode()).hexdigest()[:16]}"
 
 
-async def load_key(db: Any, secret_key: str | None) -> None:
-    """Use ICEOS_SECRET_KEY (derived) or the database's page-token key, creating it once."""
-    if secret_key:
-        set_key(hmac.new(secret_key.encode(), b"iceos page tokens v1", hashlib.sha256).digest())
+async def load_key(db: Any) -> None:
+    """Without a configured key (ICEOS_SERVICE_KEY / ICEOS_SECRET_KEY, see `configure`), sign
+    with a random key this database keeps for itself (table `instance_keys`, made once), so every
+    replica agrees and no installation signs with the well-known default. Called once the schema
+    is ready (services/common/server.py)."""
+    if _key != b"iceos-page-tokens":  # configure() set one
         return
+    import secrets
     async with db.connection() as conn:
         await conn.execute(
-            "INSERT INTO instance_keys (name, key) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-            (_KEY_NAME, secrets.token_bytes(32)))
-        row = await (await conn.execute("SELECT key FROM instance_keys WHERE name = %s",
-                                        (_KEY_NAME,))).fetchone()
-    set_key(bytes(row["key"]))
-
-
-def _mac(scope: str, body: str) -> bytes:
-    return hmac.new(_key, f"{scope}\n{body}".encode(), hashlib.sha256).digest()[:_MAC_BYTES]
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            "INSERT INTO instance_keys (name, key) VALUES ('page_token', %s) "
+            "ON CONFLICT DO NOTHING", (secrets.token_bytes(32),))
+        row = await (await conn.execute(
+            "SELECT key FROM instance_keys WHERE name = 'page_token'")).fetchone()
+    configure(bytes(row["key"]))
