@@ -31,44 +31,47 @@ MAX_CACHE_TTL_S = 5.0
 class Verdict:
     principal: Principal
     # How much longer this verdict may be reused without asking Postgres again: the rest of its
-    # cache entry, never past the token's expiry.
+    # cache entry, never past the token's expiry. 0 for tokens that are not cached.
     reusable_s: float
 
 
 class Authenticator:
     def __init__(self, db: Database, cache_ttl_s: float = 2.0) -> None:
         self.db = db
-        self.cache_ttl_s = min(max(cache_ttl_s, 0.0), MAX_CACHE_TTL_S)
+        self.cache_ttl_s = cache_ttl_s
         self._tokens: dict[str, tuple[float, Principal]] = {}
         self._projects: dict[str, tuple[float, str | None]] = {}
         self._last_use_written: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.cache_ttl_s = min(max(self.cache_ttl_s, 0.0), MAX_CACHE_TTL_S)
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The principal for an `authorization` header value, or Unauthenticated saying why."""
-        return (await self.verify(authorization)).principal
-
-    async def verify(self, authorization: str | None) -> Verdict:
-        """`authenticate`, also saying how long the answer may be reused (ext_authz)."""
         secret = parse_bearer(authorization)
         now = time.monotonic()
         cached = self._tokens.get(secret)
         if cached and cached[0] > now:
-            until, principal = cached
+            principal = cached[1]
         else:
             principal = await self._load(secret)
-            until = now + self.cache_ttl_s
-            self._tokens[secret] = (until, principal)
+            self._tokens[secret] = (now + self.cache_ttl_s, principal)
             if len(self._tokens) > 10_000:
                 self._tokens = {k: v for k, v in self._tokens.items() if v[0] > now}
-        reusable = until - now
+        if principal.expire_time and principal.expire_time <= datetime.now(timezone.utc):
+            raise errors.Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
+        self._note_use(principal.token_id, now)
+        return principal
+
+    async def verify(self, authorization: str | None) -> Verdict:
+        """`authenticate`, also saying how long the answer may be reused (the edge's ext_authz
+        verdict cache)."""
+        principal = await self.authenticate(authorization)
+        cached = self._tokens.get(parse_bearer(authorization))
+        reusable = cached[0] - time.monotonic() if cached and cached[1] is principal else 0.0
         if principal.expire_time:
             left = (principal.expire_time - datetime.now(timezone.utc)).total_seconds()
-            if left <= 0:
-                raise errors.Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
             reusable = min(reusable, left)
-        self._note_use(principal.token_id, now)
-        return Verdict(principal, reusable)
+        return Verdict(principal, max(reusable, 0.0))
 
     async def _load(self, secret: str) -> Principal:
         async with self.db.connection() as conn:

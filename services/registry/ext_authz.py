@@ -18,8 +18,8 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from services.common import errors
-from services.common.auth import Authenticator, Verdict
+from services.common import errors, tokens
+from services.common.auth import Authenticator, Verdict, parse_bearer
 
 # Dynamic metadata (namespace envoy.filters.http.ext_authz) on an allowed request: which token
 # made the call, for the access log (never the secret), and how long the edge's verdict cache
@@ -63,9 +63,14 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
     async def Check(self, request: external_auth_pb2.CheckRequest,
                     context: grpc.aio.ServicerContext) -> external_auth_pb2.CheckResponse:
-        headers = request.attributes.request.http.headers
+        authorization = request.attributes.request.http.headers.get("authorization")
         try:
-            verdict = await self.authenticator.verify(headers.get("authorization"))
+            # Callers from outside present API tokens (ice_…) only; credentials meant for calls
+            # between services never pass the edge.
+            if not tokens.well_formed(parse_bearer(authorization)):
+                raise errors.Unauthenticated("only iceOS API tokens (ice_…) are accepted here",
+                                             reason="TOKEN_MALFORMED")
+            verdict = await self.authenticator.verify(authorization)
         except errors.Unauthenticated as exc:
             return denied(exc)
         # errors.Unavailable (no database) propagates: the interceptor answers UNAVAILABLE and
