@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto proto-check proto-breaking run test migrate-sql bench bench-edge clean
+.PHONY: help setup proto proto-check proto-breaking run test migrate-sql bench clean
 
 help:
 	@echo "make setup        create .venv and install iceos, iceos-proto and iceos-client (editable)"
@@ -16,8 +16,8 @@ help:
 	@echo "make proto-check  buf lint + format check + fail if regeneration changes gen/"
 	@echo "make proto-breaking  buf breaking against main (BASE=<ref> to choose)"
 	@echo "make migrate-sql  print the migrations as SQL for a DBA (Alembic offline mode)"
-	@echo "make bench        run the benchmarks in bench/ (tables + JSON in bench/results/)"
 	@echo "make bench-edge   edge overhead: latency and throughput, direct vs through Envoy"
+	@echo "make bench        run the benchmarks in bench/ (tables + JSON in bench/results/)"
 
 $(STAMP): pyproject.toml gen/python/pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,11 +61,12 @@ test: $(STAMP)
 migrate-sql: $(STAMP)
 	@$(BIN)/python -m services.common.migrate --sql
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
-
+.PHONY: bench-edge
 bench-edge: $(STAMP)
 	$(BIN)/python -m bench edge
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf .build .pytest_cache
