@@ -97,10 +97,12 @@ def test_raw_grpc_path_over_http1_without_a_token_is_refused(edge: str) -> None:
             assert _refused(reply), (path, content_type, reply)
 
 
-def test_unknown_grpc_service_needs_a_token_then_is_unimplemented(stack: LiveStack,
-                                                                   tenant: Tenant) -> None:
+@pytest.mark.parametrize("path", ["/iceos.nothing.v1.Nothing/Call", "/v1/principal"])
+def test_unknown_grpc_paths_need_a_token_then_are_unimplemented(stack: LiveStack,
+                                                                tenant: Tenant,
+                                                                path: str) -> None:
     with stack.channel() as channel:
-        call = channel.unary_unary("/iceos.nothing.v1.Nothing/Call")
+        call = channel.unary_unary(path)
         with pytest.raises(grpc.RpcError) as info:
             call(b"", timeout=30)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -116,7 +118,8 @@ def test_security_headers_on_200_401_404_413_and_400(edge: str, tenant: Tenant) 
     missing = request(edge, "GET", "/v1/nope", headers=tenant.headers(Role.VIEWER))
     upstream_missing = request(edge, "GET", f"/v1/{tenant.parent}/memories/nope",
                                headers=tenant.headers(Role.VIEWER))
-    too_big = request(edge, "POST", f"/v1/{tenant.parent}/memories", body=b"{" * BIG,
+    too_big = request(edge, "POST", f"/v1/{tenant.parent}/memories",
+                      body=b'{"content": "' + b"x" * BIG + b'"}',
                       headers={**tenant.headers(Role.EDITOR),
                                "Content-Type": "application/json"})
     malformed = request(edge, "POST", f"/v1/{tenant.parent}/memories", body=b'{"content": ',
@@ -145,7 +148,8 @@ def test_body_limit_over_grpc_through_the_edge_and_directly(stack: LiveStack,
     big = memory_pb2.CreateMemoryRequest(parent=tenant.parent,
                                          memory=memory_pb2.Memory(content="x" * BIG))
     assert stack.edge is not None
-    for target in (stack.edge.address, stack.address("orchestrator")):
+    for name, target in (("edge", stack.edge.address),
+                         ("orchestrator", stack.address("orchestrator"))):
         # A connection of its own: the refused upload must not share flow control with others.
         with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) \
                 as channel:
@@ -153,7 +157,7 @@ def test_body_limit_over_grpc_through_the_edge_and_directly(stack: LiveStack,
             with pytest.raises(grpc.RpcError) as info:
                 stub.CreateMemory(big, metadata=tenant.md(Role.EDITOR), timeout=60)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, \
-                (target, info.value.code(), info.value.details())
+                (name, info.value.code(), info.value.details())
     # Just under the limit passes the edge (the service then judges the content itself).
     fits = memory_pb2.CreateMemoryRequest(
         parent=tenant.parent, memory=memory_pb2.Memory(content="x" * (MAX_MESSAGE_BYTES - 4096)))

@@ -120,16 +120,3 @@ def test_every_public_service_is_routed_and_transcoded() -> None:
     for service, cluster in envoy.SERVICE_CLUSTER.items():
         assert f'"prefix": "/{service}/"}}, "route": {{"cluster": "{cluster}"' in config
         assert f'- "{service}"' in config
-
-
-def test_client_streaming_routes_skip_the_body_limit(tmp_path: Path) -> None:
-    method = "/iceos.sandbox.v1.SandboxService/Upload"
-    config = envoy.EdgeConfig(edge_port=free_port(), admin_port=free_port(), upstreams={
-        n: ("127.0.0.1", 3) for n in ("registry", "orchestrator", "sandbox")},
-        client_streaming=(method,))
-    rendered = envoy.render(config)
-    route = next(line for line in rendered.splitlines() if method in line)
-    assert '"disabled": true' in route and "BufferPerRoute" in route
-    # It comes before the service's prefix route, so it wins.
-    assert rendered.index(method) < rendered.index('"prefix": "/iceos.sandbox.v1.SandboxService/"')
-    envoy.validate(config, tmp_path / "envoy.yaml")  # Envoy itself accepts it

@@ -91,9 +91,6 @@ class EdgeConfig:
     # How long the edge reuses an ext_authz verdict for the same token (0: call Check on every
     # request). Adds to the services' own cache bound for revocation at the edge.
     auth_cache_ms: int = DEFAULT_AUTH_CACHE_MS
-    # gRPC methods (`/pkg.Service/Method`) that stream requests: no body limit on their routes.
-    # None: read them from the descriptor.
-    client_streaming: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "EdgeConfig":
@@ -202,7 +199,8 @@ def _local_reply_mappers(max_body_bytes: int) -> list[dict[str, Any]]:
         # Answers that are not errors (health checks): only the headers.
         {"filter": status_is(399, "LE"), "headers_to_add": headers},
         # gRPC callers get trailers-only replies; Envoy derives grpc-status from the HTTP
-        # status, which says UNKNOWN for 413: say RESOURCE_EXHAUSTED.
+        # status, which says UNKNOWN for 413: say RESOURCE_EXHAUSTED (should any filter ever
+        # answer a gRPC call 413; today the services enforce the gRPC limit themselves).
         {"filter": both(grpc, status_is(413)), "headers_to_add": headers + [
             {"header": {"key": "grpc-status", "value": "8"},
              "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
@@ -229,21 +227,17 @@ def _json_status(code: int, reason: str) -> dict[str, Any]:
         "content_type": "application/json"}
 
 
-def _routes(services: dict[str, list[descriptor_pb2.MethodDescriptorProto]],
-            client_streaming: tuple[str, ...]) -> list[dict[str, Any]]:
-    routes: list[dict[str, Any]] = []
-    for path in client_streaming:
-        service = path.strip("/").split("/")[0]
-        routes.append({
-            "match": {"path": path},
-            "route": {"cluster": SERVICE_CLUSTER[service], "timeout": "0s"},
-            "typed_per_filter_config": {"envoy.filters.http.buffer": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3."
-                         "BufferPerRoute", "disabled": True}}})
-    for service in sorted(services):
-        routes.append({"match": {"prefix": f"/{service}/"},
-                       "route": {"cluster": SERVICE_CLUSTER[service], "timeout": "0s"}})
-    return routes
+def _routes(services: dict[str, list[descriptor_pb2.MethodDescriptorProto]]) -> list[
+        dict[str, Any]]:
+    """A route per gRPC service. gRPC calls stream through unbuffered: the body limit filter is
+    off here (JSON calls are first matched by the `/v1/` route, where it applies)."""
+    unbuffered = {"envoy.filters.http.buffer": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+        "disabled": True}}
+    return [{"match": {"prefix": f"/{service}/"},
+             "route": {"cluster": SERVICE_CLUSTER[service], "timeout": "0s"},
+             "typed_per_filter_config": unbuffered}
+            for service in sorted(services)]
 
 
 def render(config: EdgeConfig) -> str:
@@ -252,11 +246,6 @@ def render(config: EdgeConfig) -> str:
     if missing:
         raise StackError(f"no edge route for {', '.join(missing)}: add it to SERVICE_CLUSTER "
                          "in services/stack/envoy.py")
-    client_streaming = config.client_streaming
-    if client_streaming is None:
-        client_streaming = tuple(f"/{service}/{method.name}"
-                                 for service, methods in sorted(services.items())
-                                 for method in methods if method.client_streaming)
     cluster = Template((ENVOY_DIR / "cluster.yaml.tmpl").read_text())
     upstreams = dict(config.upstreams)
     upstreams["ext_authz"] = upstreams["registry"]
@@ -281,7 +270,7 @@ def render(config: EdgeConfig) -> str:
         security_header_mutations=_items(
             [{"append": h} for h in _security_headers()], 18),
         cors_origins=_items([{"exact": o} for o in config.cors_origins], 18),
-        routes=_items(_routes(services, client_streaming), 14),
+        routes=_items(_routes(services), 14),
         transcoded_services=_items(sorted(services), 14),
         rate_limit_burst=burst, rate_limit_tokens_per_fill=per_fill,
         rate_limit_fill_interval=f"{max(interval_ms, 1) / 1000:.3f}s",
