@@ -16,6 +16,7 @@ help:
 	@echo "make proto-check  buf lint + format check + fail if regeneration changes gen/"
 	@echo "make proto-breaking  buf breaking against main (BASE=<ref> to choose)"
 	@echo "make migrate-sql  print the migrations as SQL for a DBA (Alembic offline mode)"
+	@echo "make bench-edge   edge overhead: latency and throughput, direct vs through Envoy"
 	@echo "make bench        run the benchmarks in bench/ (tables + JSON in bench/results/)"
 	@echo "make bench-registry  blueprint validation time by size; Get/List latency and throughput"
 	@echo "make bench-sandbox  sandbox latency and throughput (bench/results/sandbox.json)"
@@ -61,6 +62,10 @@ test: $(STAMP)
 
 migrate-sql: $(STAMP)
 	@$(BIN)/python -m services.common.migrate --sql
+
+.PHONY: bench-edge
+bench-edge: $(STAMP)
+	$(BIN)/python -m bench edge
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

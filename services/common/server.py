@@ -165,6 +165,10 @@ async def serve(spec: ServiceSpec, settings: Settings | None = None) -> int:
         await _prepare_schema(settings, runtime)
         tasks.append(asyncio.create_task(watch_readiness(db, head, set_health)))
         await runtime.ready.wait()
+        try:
+            await pagination.load_key(db)
+        except Exception:  # noqa: BLE001 - page tokens then use the default key
+            log.warning("could not load the page-token key", exc_info=True)
         for work in spec.background:
             tasks.append(asyncio.create_task(work(runtime)))
 
