@@ -16,6 +16,7 @@ from iceos.auth.v1 import access_pb2, auth_pb2, auth_pb2_grpc
 from services.common.principal import Role
 from services.registry.identity import store as identity_store
 from tests.conftest import db_execute
+from tests.support.processes import wait_for
 from tests.support.stack import LiveStack, Tenant
 
 
@@ -125,9 +126,10 @@ def test_every_write_is_audited_with_who_what_when_and_outcome(auth, stack: Live
         auth.RevokeToken(auth_pb2.RevokeTokenRequest(name=ok.name),
                          metadata=[("x-request-id", "audit-anonymous")])
 
-    rows = db_execute(stack.database_url,
-                      "SELECT * FROM audit_log WHERE project_id = %s ORDER BY id",
-                      (tenant.project_id,))
+    # Audit rows are written just after each response is sent.
+    rows = wait_for(lambda: (lambda found: found if len(found) >= 3 else None)(db_execute(
+        stack.database_url, "SELECT * FROM audit_log WHERE project_id = %s ORDER BY id",
+        (tenant.project_id,))), 10, what="three audit rows")
     by_request = {r["request_id"]: r for r in rows}
     assert set(by_request) == {"audit-ok", "audit-denied", "audit-revoke"}
     first = by_request["audit-ok"]

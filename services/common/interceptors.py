@@ -47,8 +47,8 @@ RPC_SECONDS = Histogram("iceos_rpc_seconds", "RPC latency", ["method"],
 
 class AccessRules:
     """Reads and caches each method's AccessRule from the descriptor pool, and whether the
-    method writes (audited): its HTTP binding is not a GET, or, without a binding, it needs
-    the editor role or more."""
+    method writes (audited): its HTTP binding is not a GET and its rule does not say
+    read_only, or, without a binding, it needs the editor role or more."""
 
     def __init__(self) -> None:
         self._cache: dict[str, access_pb2.AccessRule | None] = {}
@@ -66,7 +66,9 @@ class AccessRules:
                 has = options.HasExtension(access_pb2.access)
                 rule = options.Extensions[access_pb2.access] if has else None
                 self._cache[method] = rule
-                if options.HasExtension(annotations_pb2.http):
+                if rule is not None and rule.read_only:
+                    self._writes[method] = False
+                elif options.HasExtension(annotations_pb2.http):
                     verb = options.Extensions[annotations_pb2.http].WhichOneof("pattern")
                     self._writes[method] = verb != "get"
                 else:
@@ -107,6 +109,18 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self.authenticator = authenticator
         self.db = db
         self.rules = AccessRules()
+        # Audit inserts run after the response is sent (they are not part of the caller's
+        # latency); shutdown waits for them (drain_audit) so a graceful stop loses none.
+        self._audit_tasks: set[asyncio.Task[None]] = set()
+
+    def audit_later(self, write: Any) -> None:
+        task = asyncio.get_running_loop().create_task(write)
+        self._audit_tasks.add(task)
+        task.add_done_callback(self._audit_tasks.discard)
+
+    async def drain_audit(self) -> None:
+        while self._audit_tasks:
+            await asyncio.gather(*list(self._audit_tasks), return_exceptions=True)
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
@@ -231,7 +245,7 @@ class _Call:
         # Every write by an authenticated caller, whatever its outcome (denied ones included).
         if (self.principal is not None and self.owner.db is not None
                 and self.owner.rules.writes(self.method)):
-            await self._audit(code)
+            self.owner.audit_later(self._audit(code))
 
     async def _audit(self, code: str) -> None:
         principal = self.principal

@@ -115,8 +115,9 @@ async def serve(spec: ServiceSpec, settings: Settings | None = None) -> int:
     runtime = Runtime(settings=settings, db=db, redis=connect_redis(settings.redis_url),
                       authenticator=Authenticator(db, settings.auth_cache_ttl_s,
                                                   settings.service_key))
+    interceptor = ServiceInterceptor(runtime.authenticator, db)
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(runtime.authenticator, db)],
+        interceptors=[interceptor],
         options=server_options(),
         maximum_concurrent_rpcs=None,
     )
@@ -183,6 +184,7 @@ async def serve(spec: ServiceSpec, settings: Settings | None = None) -> int:
         task.cancel()
     await asyncio.gather(boot, *tasks, return_exceptions=True)
     await server.stop(settings.shutdown_grace_s)
+    await interceptor.drain_audit()
     if spec.on_stop is not None:
         await spec.on_stop(runtime)
     if runtime.redis is not None:
