@@ -19,11 +19,12 @@ from typing import Any
 import grpc
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from iceos.auth.v1 import access_pb2
 from prometheus_client import Counter, Histogram
 
-from . import errors, grpc_errors, logs
+from . import errors, grpc_errors, logs, wire
 from .auth import Authenticator
 from .db import Database
 from .principal import Principal, Role, reset_current, set_current
@@ -74,6 +75,14 @@ class AccessRules:
                 else:
                     self._writes[method] = rule is None or rule.role >= access_pb2.ROLE_EDITOR
         return self._cache[method]
+
+    def input_type(self, method: str) -> Descriptor | None:
+        """The declared request message of `method`, if the descriptor pool knows it."""
+        try:
+            full = method.lstrip("/").replace("/", ".")
+            return descriptor_pool.Default().FindMethodByName(full).input_type
+        except KeyError:
+            return None
 
     def writes(self, method: str) -> bool:
         self.get(method)
@@ -181,7 +190,10 @@ class _Call:
             return raw
         try:
             return self.parse(raw)
-        except Exception:  # noqa: BLE001 - any decoding failure is the caller's bad input
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the caller's input
+            declared = self.owner.rules.input_type(self.method)
+            if declared is not None:
+                raise wire.diagnose(declared, raw, exc) from None
             raise errors.InvalidArgument(
                 f"the request body is not a valid message for {self.method}",
                 reason="MALFORMED_REQUEST") from None
