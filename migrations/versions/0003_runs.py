@@ -25,6 +25,8 @@ def upgrade() -> None:
         blueprint_id       text,                   -- NULL for an inline blueprint
         blueprint_version  bigint,
         spec               jsonb NOT NULL,         -- the pinned Blueprint, protobuf JSON
+        -- Component and blueprint versions resolved at start: {"<reference>": version}.
+        pins               jsonb NOT NULL DEFAULT '{}',
         inputs             jsonb NOT NULL DEFAULT '{}',
         state              text NOT NULL DEFAULT 'QUEUED' CHECK (state IN
                              ('QUEUED', 'RUNNING', 'WAITING', 'SUCCEEDED', 'FAILED',
@@ -60,6 +62,7 @@ def upgrade() -> None:
     CREATE INDEX runs_claimable ON runs (create_time)
         WHERE state IN ('QUEUED', 'RUNNING', 'WAITING');
     CREATE INDEX runs_children ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+    CREATE INDEX runs_list_state ON runs (project_id, state, create_time DESC, id);
 
     -- One row per node execution path (`each[2].fetch`); the checkpoint a resume reads.
     CREATE TABLE run_nodes (
