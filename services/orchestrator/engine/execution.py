@@ -157,6 +157,7 @@ class Execution:
         self.busy = 0
         self.progressed = False
         self._park_timer: asyncio.TimerHandle | None = None
+        self._attempt_start: dict[tuple[str, int], datetime] = {}
 
     # -- events and records ---------------------------------------------------------------------
 
@@ -168,16 +169,15 @@ class Execution:
         self.writer.node(self.run_id, self.claim, rec.to_json())
 
     def stage_attempt(self, rec: NodeRecord, outcome: str | None = None) -> None:
+        key = (rec.path, rec.attempt)
         record: dict[str, Any] = {"path": rec.path, "attempt": rec.attempt,
-                                  "key": self.idempotency_key(rec)}
+                                  "key": self.idempotency_key(rec), "outcome": outcome}
         if outcome is None:
-            record["start_time"] = iso(now())
-            record["outcome"] = None
+            self._attempt_start[key] = now()
             record["end_time"] = None
         else:
-            record["outcome"] = outcome
             record["end_time"] = iso(now())
-            record.setdefault("start_time", iso(rec.start_time or now()))
+        record["start_time"] = iso(self._attempt_start.get(key) or rec.start_time or now())
         self.writer.attempt(self.run_id, self.claim, record)
 
     def idempotency_key(self, rec: NodeRecord) -> str:
