@@ -158,6 +158,7 @@ class Execution:
         self.progressed = False
         self._park_timer: asyncio.TimerHandle | None = None
         self._attempt_start: dict[tuple[str, int], datetime] = {}
+        self._parked: dict[str, NodeRecord] = {}
 
     # -- events and records ---------------------------------------------------------------------
 
@@ -325,9 +326,9 @@ class Execution:
                 "message": f"the run deadline ({self.deadline.isoformat()}) passed"})
 
     async def _park(self) -> None:
-        waiting = sorted(self.active_waits)
-        wake = min([r.wake_at for r in self.active_waits.values() if r.wake_at] +
-                   [self.deadline])
+        waits = self._parked or dict(self.active_waits)
+        waiting = sorted(waits)
+        wake = min([r.wake_at for r in waits.values() if r.wake_at] + [self.deadline])
         if self.progressed or self.prev_state != "WAITING":
             self.emit("RUN_WAITING", payload={"nodes": waiting, "wake_time": iso(wake)})
         self.writer.run(self.run_id, self.claim, {"state": "WAITING", "release": True,
@@ -360,6 +361,8 @@ class Execution:
     def _park_if_idle(self) -> None:
         self._park_timer = None
         if self.busy == 0 and self.active_waits:
+            # The waiting nodes' tasks end with the park: remember what they wait for.
+            self._parked = dict(self.active_waits)
             self.request_stop("PARK")
 
     async def wait_for_change(self, until: datetime | None, *, at_most: float = 5.0) -> None:
