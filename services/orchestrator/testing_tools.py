@@ -31,10 +31,13 @@ async def _record(ctx: ToolContext, label: str, phase: str) -> None:
 
 async def _test_record(args: dict[str, Any], ctx: ToolContext) -> Any:
     label = str(args.get("label", ""))
-    await _record(ctx, label, "call")
+    record = args.get("record", True)
+    if record:
+        await _record(ctx, label, "call")
     if args.get("sleep_s"):
         await asyncio.sleep(float(args["sleep_s"]))
-        await _record(ctx, label, "done")
+        if record:
+            await _record(ctx, label, "done")
     return {"key": ctx.idempotency_key, "label": label, "value": args.get("value")}
 
 
@@ -65,7 +68,8 @@ async def _test_echo(args: dict[str, Any], ctx: ToolContext) -> Any:
 _ANY = {"type": "object"}
 TOOLS = [
     BuiltinTool("test_record", "Test: record calls", "Records each call (idempotency key, "
-                "worker) in test_tool_calls; optionally sleeps.", _ANY, _ANY, _test_record),
+                "worker) in test_tool_calls unless `record` is false; optionally sleeps.",
+                _ANY, _ANY, _test_record),
     BuiltinTool("test_flaky", "Test: flaky", "Fails `fail_times` attempts, then succeeds.",
                 _ANY, _ANY, _test_flaky),
     BuiltinTool("test_raise", "Test: raise", "Raises an exception.", _ANY, _ANY, _test_raise),
