@@ -28,6 +28,25 @@ WAKE = "iceos:runs:wake"
 EVENTS = "iceos:runs:events"
 
 
+class Watch:
+    """What a waiter holds: `changed` is set on news about the run; `ended` once the run is
+    known to have reached a final state (so a WaitRun need not re-read it on every event)."""
+
+    __slots__ = ("changed", "ended", "ended_only")
+
+    def __init__(self, ended_only: bool = False) -> None:
+        self.changed = asyncio.Event()
+        self.ended = False
+        # A waiter for the end only (WaitRun) is not woken by every event.
+        self.ended_only = ended_only
+
+    def notify(self, ended: bool = False) -> None:
+        if ended:
+            self.ended = True
+        if ended or not self.ended_only:
+            self.changed.set()
+
+
 class Notifier:
     def __init__(self, db: Database, redis: Any | None, *, poll_s: float = 1.0,
                  degraded_poll_s: float = 0.2) -> None:
@@ -37,12 +56,15 @@ class Notifier:
         self.degraded_poll_s = degraded_poll_s
         self.redis_ok = False
         self._breaker_until = 0.0
-        self._watchers: dict[str, set[asyncio.Event]] = {}
+        self._watchers: dict[str, set[Watch]] = {}
         self._seen: dict[str, tuple[str, int]] = {}
         self._wake_handlers: list[Callable[[list[str]], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
-        self._poke = asyncio.Event()
+        self._outbox: dict[str, str] = {}
+        self._flushing = False
+        # Event wake-ups to other processes are coalesced over this window.
+        self.coalesce_s = 0.01
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -69,9 +91,10 @@ class Notifier:
         self._wake_handlers.append(handler)
 
     @contextlib.contextmanager
-    def watch(self, run_id: str) -> Iterator[asyncio.Event]:
-        """An event set whenever the run may have new events or a new state."""
-        event = asyncio.Event()
+    def watch(self, run_id: str, *, ended_only: bool = False) -> Iterator[Watch]:
+        """A Watch notified whenever the run may have new events or a new state (with
+        `ended_only`, when it may have ended)."""
+        event = Watch(ended_only)
         self._watchers.setdefault(run_id, set()).add(event)
         if not self._started:
             self.start()
@@ -85,14 +108,26 @@ class Notifier:
                     del self._watchers[run_id]
                     self._seen.pop(run_id, None)
 
-    def events_committed(self, pairs: list[tuple[str, int]]) -> None:
+    def events_committed(self, pairs: list[tuple[str, int]], ended: set[str]) -> None:
         """Called by the local worker after a checkpoint commit: wake local waiters at once,
-        and other processes through Redis."""
+        and other processes through Redis (`run:seq`, or `run:seq:end` for a final state)."""
         for run_id, _ in pairs:
-            for event in self._watchers.get(run_id, ()):
-                event.set()
-        if pairs:
-            self._publish(EVENTS, " ".join(f"{r}:{s}" for r, s in pairs))
+            for watch in self._watchers.get(run_id, ()):
+                watch.notify(run_id in ended)
+        if pairs and self.redis is not None:
+            for run_id, seq in pairs:
+                self._outbox[run_id] = f"{run_id}:{seq}:end" if run_id in ended \
+                    else f"{run_id}:{seq}"
+            if not self._flushing:
+                self._flushing = True
+                asyncio.get_running_loop().call_later(self.coalesce_s, self._flush_outbox)
+
+    def _flush_outbox(self) -> None:
+        """One message for everything committed in the last few milliseconds."""
+        self._flushing = False
+        items, self._outbox = self._outbox, {}
+        if items:
+            self._publish(EVENTS, " ".join(items.values()))
 
     def wake(self, run_ids: list[str]) -> None:
         """Tell workers (here and elsewhere) to look at these runs."""
@@ -111,7 +146,7 @@ class Notifier:
 
     async def _publish_now(self, channel: str, message: str) -> None:
         try:
-            await asyncio.wait_for(self.redis.publish(channel, message), 2.0)  # type: ignore[union-attr]
+            await self.redis.publish(channel, message)  # type: ignore[union-attr]
         except Exception:  # noqa: BLE001 - Redis is optional: polling covers it
             self._breaker_until = time.monotonic() + 1.0
             self.redis_ok = False
@@ -159,10 +194,10 @@ class Notifier:
             for handler in self._wake_handlers:
                 handler(ids)
         elif channel == EVENTS:
-            for pair in data.split():
-                run_id = pair.rsplit(":", 1)[0]
-                for event in self._watchers.get(run_id, ()):
-                    event.set()
+            for item in data.split():
+                parts = item.split(":")
+                for watch in self._watchers.get(parts[0], ()):
+                    watch.notify(parts[-1] == "end")
 
     # -- polling ----------------------------------------------------------------------------------
 
@@ -182,5 +217,5 @@ class Notifier:
                 now = (row["state"], int(row["last_event_seq"]))
                 if self._seen.get(row["id"]) != now:
                     self._seen[row["id"]] = now
-                    for event in self._watchers.get(row["id"], ()):
-                        event.set()
+                    for watch in self._watchers.get(row["id"], ()):
+                        watch.notify(row["state"] in store.TERMINAL_RUN_STATES)

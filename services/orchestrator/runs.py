@@ -5,6 +5,7 @@ store.py; execution is the engine's."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -102,12 +103,6 @@ class Runs:
                     "blueprint", "is required: a blueprint id or name, or an inline_blueprint",
                     "REQUIRED")
             self._check_inputs(prepared.spec, inputs, "inputs", errors.InvalidArgument)
-            active = await store.count_active(conn, project,
-                                              self.config.max_active_runs_per_project)
-            if active >= self.config.max_active_runs_per_project:
-                raise errors.ResourceExhausted(
-                    f"project {project} has {active} unfinished runs, the most allowed; wait "
-                    "for some to finish or cancel them", reason="TOO_MANY_ACTIVE_RUNS")
             row = await self._insert(conn, project, prepared, inputs, request_id or None,
                                      creator, self._deadline(prepared.spec, timeout))
         return row
@@ -136,20 +131,46 @@ class Runs:
             creator=creator, deadline=deadline, parent_run_id=parent_run,
             parent_node=parent_node, depth=depth,
             worker_id=worker.config.worker_id if local and worker else None,
-            lease_s=self.config.lease_s)
-        if row is None:  # the same request_id won a race
-            assert request_id is not None
-            existing = await store.run_by_request_id(conn, project, request_id)
-            assert existing is not None
-            return existing
+            lease_s=self.config.lease_s, max_active=self.config.max_active_runs_per_project)
+        if row is None:
+            existing = (await store.run_by_request_id(conn, project, request_id)
+                        if request_id else None)
+            if existing is not None:  # the same request_id won a race
+                return existing
+            limit = self.config.max_active_runs_per_project
+            raise errors.ResourceExhausted(
+                f"project {project} has {limit} unfinished runs, the most allowed; wait for "
+                "some to finish or cancel them", reason="TOO_MANY_ACTIVE_RUNS",
+                metadata={"limit": str(limit)})
         if local and worker is not None:
-            worker.adopt({**row, "prev_state": "QUEUED"})
+            worker.adopt({**row, "prev_state": "QUEUED"}, prepared.spec)
         else:
             self.notifier.wake([row["id"]])
         return row
 
     async def _prepare_inline(self, conn: psycopg.AsyncConnection, project: str,
                               inline: blueprint_pb2.Blueprint) -> Prepared:
+        key = (project, "inline:" + hashlib.sha256(inline.SerializeToString(
+            deterministic=True)).hexdigest(), 0)
+        cached = self._valid.get(key)
+        if cached is not None:
+            return cached
+        prepared = await self._prepare_inline_uncached(conn, project, inline)
+        self._remember(key, prepared)
+        return prepared
+
+    def _remember(self, key: tuple[str, str, int], prepared: Prepared) -> None:
+        """Keep a validated blueprint whose validity cannot change: one that refers to no
+        registry component or blueprint (those may be deleted or move on)."""
+        if prepared.pins or any(graph.kind_of(n) == "workflow"
+                                for n, _, _ in graph.walk(prepared.spec.nodes)):
+            return
+        if len(self._valid) > 1000:
+            self._valid.clear()
+        self._valid[key] = prepared
+
+    async def _prepare_inline_uncached(self, conn: psycopg.AsyncConnection, project: str,
+                                       inline: blueprint_pb2.Blueprint) -> Prepared:
         violations = await self._validate(conn, project, inline, "inline_blueprint")
         pins, more = await self._pin_workflows(conn, project, inline, "inline_blueprint")
         violations += more
@@ -190,13 +211,7 @@ class Runs:
         _, component_pins, _ = await self.catalog.resolve(conn, project, spec)
         prepared = Prepared(spec, found["spec"], bid, found["version"],
                             {**component_pins, **pins})
-        # Versions are immutable; what could change is the components and blueprints they
-        # refer to, so only self-contained versions are remembered.
-        if not prepared.pins and not any(graph.kind_of(n) == "workflow"
-                                         for n, _, _ in graph.walk(spec.nodes)):
-            if len(self._valid) > 1000:
-                self._valid.clear()
-            self._valid[key] = prepared
+        self._remember(key, prepared)
         return prepared
 
     async def _validate(self, conn: psycopg.AsyncConnection, project: str,
@@ -429,9 +444,9 @@ class Runs:
         if row is None:
             raise errors.NotFound(f"{name} does not exist", reason="RUN_NOT_FOUND")
         seq = after
-        with self.notifier.watch(run_id) as changed:
+        with self.notifier.watch(run_id) as watch:
             while True:
-                changed.clear()
+                watch.changed.clear()
                 rows, state, last = await self._read_events(project, run_id, seq)
                 for event in rows:
                     seq = event["seq"]
@@ -441,7 +456,7 @@ class Runs:
                 if not follow or (state in store.TERMINAL_RUN_STATES and seq >= last):
                     return
                 try:
-                    await asyncio.wait_for(changed.wait(), 5.0)
+                    await asyncio.wait_for(watch.changed.wait(), 5.0)
                 except TimeoutError:
                     pass
 
@@ -460,22 +475,29 @@ class Runs:
                 delay = min(delay * 2, 2.0)
 
     async def wait(self, name: str, timeout: timedelta) -> dict[str, Any]:
+        """The run once it is final, or as it is when `timeout` passes. Reads Postgres when
+        told the run ended (and every few seconds, in case a message was lost), not on every
+        event."""
         project, run_id = run_ids(name)
-        until = asyncio.get_running_loop().time() + timeout.total_seconds()
-        with self.notifier.watch(run_id) as changed:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout.total_seconds()
+        with self.notifier.watch(run_id, ended_only=True) as watch:
             while True:
-                changed.clear()
                 async with self.db.connection() as conn:
                     row = await store.get_run(conn, project, run_id)
                 if row is None:
                     raise errors.NotFound(f"{name} does not exist", reason="RUN_NOT_FOUND")
-                left = until - asyncio.get_running_loop().time()
-                if row["state"] in store.TERMINAL_RUN_STATES or left <= 0:
+                if row["state"] in store.TERMINAL_RUN_STATES or loop.time() >= until:
                     return row
-                try:
-                    await asyncio.wait_for(changed.wait(), min(left, 5.0))
-                except TimeoutError:
-                    pass
+                watch.ended = False
+                recheck = loop.time() + 5.0
+                while not watch.ended and loop.time() < min(recheck, until):
+                    watch.changed.clear()
+                    try:
+                        await asyncio.wait_for(watch.changed.wait(),
+                                               min(recheck, until) - loop.time())
+                    except TimeoutError:
+                        pass
 
 
 def _human_node(spec: dict[str, Any], path: str) -> dict[str, Any] | None:

@@ -39,22 +39,30 @@ async def insert_run(conn: psycopg.AsyncConnection, *, run_id: str, project_id: 
                      spec: dict[str, Any], pins: dict[str, int], inputs: dict[str, Any],
                      request_id: str | None, creator: str, deadline: datetime,
                      parent_run_id: str | None = None, parent_node: str | None = None,
-                     depth: int = 0, worker_id: str | None = None,
-                     lease_s: float = 0.0) -> dict[str, Any] | None:
-    """Insert a QUEUED run and its RUN_QUEUED event in one statement. With `worker_id` the run
-    is born claimed by that worker (it starts here without a claim round trip). Returns None
-    when `request_id` was used before (the caller reads that run)."""
+                     depth: int = 0, worker_id: str | None = None, lease_s: float = 0.0,
+                     max_active: int = 1_000_000_000) -> dict[str, Any] | None:
+    """Insert a QUEUED run and its RUN_QUEUED event in one statement, unless the project
+    already has `max_active` unfinished runs. With `worker_id` the run is born claimed by that
+    worker (it starts here without a claim round trip). Returns None when `request_id` was used
+    before or the project is at its limit (the caller tells which)."""
     claimed = worker_id is not None
     return await (await conn.execute(
         f"""
-        WITH ins AS (
+        WITH active AS (
+          SELECT count(*) AS n FROM (SELECT 1 FROM runs WHERE project_id = %(project)s
+            AND state IN ('QUEUED', 'RUNNING', 'WAITING') LIMIT %(max)s) t
+        ), ins AS (
           INSERT INTO runs (id, project_id, blueprint_id, blueprint_version, spec, pins, inputs,
                             request_id, creator, parent_run_id, parent_node, depth, deadline,
                             last_event_seq, state, worker_id, lease_expires_at, claim_count,
                             start_time)
-          VALUES (%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s, %s, 1,
-                  %s, %s, CASE WHEN %s THEN now() + make_interval(secs => %s) END,
-                  %s, CASE WHEN %s THEN now() END)
+          SELECT %(id)s::text, %(project)s::text, %(bid)s::text, %(version)s::bigint,
+                 %(spec)s::jsonb, %(pins)s::jsonb, %(inputs)s::jsonb, %(rid)s::text,
+                 %(creator)s::text, %(parent)s::text, %(pnode)s::text, %(depth)s::int,
+                 %(deadline)s::timestamptz, 1, %(state)s::text, %(worker)s::text,
+                 CASE WHEN %(claimed)s THEN now() + make_interval(secs => %(lease)s) END,
+                 %(claims)s::int, CASE WHEN %(claimed)s THEN now() END
+          WHERE (SELECT n FROM active) < %(max)s
           ON CONFLICT (project_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
           RETURNING {_RUN_COLUMNS}
         ), ev AS (
@@ -62,10 +70,12 @@ async def insert_run(conn: psycopg.AsyncConnection, *, run_id: str, project_id: 
           SELECT id, 1, 'RUN_QUEUED', '{{}}'::jsonb FROM ins
         )
         SELECT * FROM ins""",
-        (run_id, project_id, blueprint_id, blueprint_version, dumps(spec), dumps(pins),
-         dumps(inputs), request_id, creator, parent_run_id, parent_node, depth, deadline,
-         "RUNNING" if claimed else "QUEUED", worker_id, claimed, lease_s,
-         1 if claimed else 0, claimed))).fetchone()
+        {"id": run_id, "project": project_id, "bid": blueprint_id, "version": blueprint_version,
+         "spec": dumps(spec), "pins": dumps(pins), "inputs": dumps(inputs), "rid": request_id,
+         "creator": creator, "parent": parent_run_id, "pnode": parent_node, "depth": depth,
+         "deadline": deadline, "state": "RUNNING" if claimed else "QUEUED",
+         "worker": worker_id, "claimed": claimed, "lease": lease_s,
+         "claims": 1 if claimed else 0, "max": max_active})).fetchone()
 
 
 async def run_by_request_id(conn: psycopg.AsyncConnection, project_id: str,
@@ -73,14 +83,6 @@ async def run_by_request_id(conn: psycopg.AsyncConnection, project_id: str,
     return await (await conn.execute(
         f"SELECT {_RUN_COLUMNS} FROM runs WHERE project_id = %s AND request_id = %s",
         (project_id, request_id))).fetchone()
-
-
-async def count_active(conn: psycopg.AsyncConnection, project_id: str, limit: int) -> int:
-    """Unfinished runs of a project, counted up to `limit` (cheap at any size)."""
-    row = await (await conn.execute(
-        "SELECT count(*) AS n FROM (SELECT 1 FROM runs WHERE project_id = %s AND state IN"
-        " ('QUEUED', 'RUNNING', 'WAITING') LIMIT %s) t", (project_id, limit))).fetchone()
-    return int(row["n"]) if row else 0
 
 
 async def organization_of(conn: psycopg.AsyncConnection, project_id: str) -> str | None:
@@ -213,9 +215,9 @@ async def release(conn: psycopg.AsyncConnection, worker_id: str, run_ids: list[s
 # -- checkpoint batches ---------------------------------------------------------------------
 
 _BATCH = """
-WITH owned AS (
+WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
   SELECT r.id FROM runs r
-  JOIN jsonb_to_recordset(%(b)s::jsonb -> 'fence') AS f(id text, claim int)
+  JOIN jsonb_to_recordset((SELECT b FROM doc) -> 'fence') AS f(id text, claim int)
     ON r.id = f.id AND r.claim_count = f.claim
   WHERE r.worker_id = %(w)s
   FOR UPDATE OF r
@@ -224,7 +226,7 @@ WITH owned AS (
                               wake_at, start_time, end_time, update_time)
   SELECT x.run_id, x.path, x.node_id, x.kind, x.state, x.attempt, x.output, x.error,
          COALESCE(x.usage, '{}'::jsonb), x.wake_at, x.start_time, x.end_time, now()
-  FROM jsonb_to_recordset(%(b)s::jsonb -> 'nodes') AS x(
+  FROM jsonb_to_recordset((SELECT b FROM doc) -> 'nodes') AS x(
          run_id text, path text, node_id text, kind text, state text, attempt int,
          output jsonb, error jsonb, usage jsonb, wake_at timestamptz, start_time timestamptz,
          end_time timestamptz)
@@ -240,7 +242,7 @@ WITH owned AS (
   INSERT INTO node_attempts AS a (run_id, path, attempt, idempotency_key, worker_id, outcome,
                                   start_time, end_time)
   SELECT x.run_id, x.path, x.attempt, x.key, %(w)s, x.outcome, x.start_time, x.end_time
-  FROM jsonb_to_recordset(%(b)s::jsonb -> 'attempts') AS x(
+  FROM jsonb_to_recordset((SELECT b FROM doc) -> 'attempts') AS x(
          run_id text, path text, attempt int, key text, outcome text, start_time timestamptz,
          end_time timestamptz)
   WHERE x.run_id IN (SELECT id FROM owned)
@@ -251,7 +253,7 @@ WITH owned AS (
 ), events AS (
   INSERT INTO run_events (run_id, seq, type, node, payload, time)
   SELECT x.run_id, x.seq, x.type, x.node, x.payload, x.time
-  FROM jsonb_to_recordset(%(b)s::jsonb -> 'events') AS x(
+  FROM jsonb_to_recordset((SELECT b FROM doc) -> 'events') AS x(
          run_id text, seq bigint, type text, node text, payload jsonb, time timestamptz)
   WHERE x.run_id IN (SELECT id FROM owned)
   ON CONFLICT (run_id, seq) DO NOTHING
@@ -269,7 +271,7 @@ WITH owned AS (
     wake_at = CASE WHEN x.park THEN LEAST(COALESCE(r.wake_at, x.wake_at), x.wake_at)
                    WHEN x.release THEN NULL ELSE r.wake_at END,
     update_time = now()
-  FROM jsonb_to_recordset(%(b)s::jsonb -> 'runs') AS x(
+  FROM jsonb_to_recordset((SELECT b FROM doc) -> 'runs') AS x(
          id text, state text, set_output bool, output jsonb, error jsonb, usage jsonb,
          last_seq bigint, end_time timestamptz, release bool, park bool, wake_at timestamptz)
   WHERE r.id = x.id AND r.id IN (SELECT id FROM owned)

@@ -14,12 +14,14 @@ A batch is idempotent (see store.write_batch), so a batch whose commit was not a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from services.common import errors
 from services.common.db import Database
@@ -61,6 +63,7 @@ class CheckpointWriter:
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
+        self._conn: psycopg.AsyncConnection | None = None
 
     def start(self) -> None:
         if self._task is None:
@@ -71,6 +74,7 @@ class CheckpointWriter:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        await self._drop_connection()
 
     # -- staging ----------------------------------------------------------------------------------
 
@@ -143,11 +147,14 @@ class CheckpointWriter:
                           exc_info=exc)
                 owned = set()
             committed: list[tuple[str, int]] = []
+            ended: set[str] = set()
             woken: list[str] = []
             for run_id, batch in self._inflight.items():
                 if run_id in owned:
                     if batch.last_seq:
                         committed.append((run_id, batch.last_seq))
+                    if batch.run and batch.run.get("state") in store.TERMINAL_RUN_STATES:
+                        ended.add(run_id)
                     if batch.wake_parent:
                         woken.append(batch.wake_parent)
                     if batch.done is not None and not batch.done.done():
@@ -157,7 +164,7 @@ class CheckpointWriter:
                     batch.done.exception()  # retrieved: nobody may be waiting any more
             self._inflight = {}
             self.commits += 1
-            self.notifier.events_committed(committed)
+            self.notifier.events_committed(committed, ended)
             if woken:
                 self.notifier.wake(woken)
 
@@ -178,21 +185,37 @@ class CheckpointWriter:
         delay = 0.05
         while True:
             try:
-                async with self.db.connection() as conn:
-                    if not parents and not cancels:
-                        return await store.write_batch(conn, self.worker_id, payload)
-                    async with conn.transaction():
-                        owned = await store.write_batch(conn, self.worker_id, payload)
-                        if parents:
-                            await store.wake_parents(conn, parents)
-                        children: list[str] = []
-                        for run_id, reason in cancels:
-                            if run_id in owned:
-                                children += await store.cancel_children(conn, [run_id], reason)
-                    if children:
-                        self.notifier.wake(children)
-                    return owned
-            except (errors.Unavailable, psycopg.OperationalError, psycopg.InterfaceError):
+                conn = await self._connection()
+                if not parents and not cancels:
+                    return await store.write_batch(conn, self.worker_id, payload)
+                children: list[str] = []
+                async with conn.transaction():
+                    owned = await store.write_batch(conn, self.worker_id, payload)
+                    if parents:
+                        await store.wake_parents(conn, parents)
+                    for run_id, reason in cancels:
+                        if run_id in owned:
+                            children += await store.cancel_children(conn, [run_id], reason)
+                if children:
+                    self.notifier.wake(children)
+                return owned
+            except (errors.Unavailable, psycopg.OperationalError, psycopg.InterfaceError,
+                    TimeoutError):
                 # Postgres is away: keep the batch and try again; leases decide afterwards.
+                await self._drop_connection()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        """The writer's own connection: one batch at a time needs no pool, and skipping the
+        pool's per-checkout health query halves the round trips of a commit."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.db.url, autocommit=True, row_factory=dict_row, connect_timeout=5)
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()

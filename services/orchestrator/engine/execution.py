@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import json_format
 from iceos.registry.v1 import blueprint_pb2
 
 from services.common.blueprint import expressions, graph, templates
@@ -736,7 +735,7 @@ class Execution:
 
     def arguments(self, field: str, args: Any, arg_expressions: Any, ctx: Context) -> dict[str, Any]:
         """Struct args (strings rendered as templates) overlaid with CEL arg_expressions."""
-        values = json_format.MessageToDict(args) if args.ListFields() or args.fields else {}
+        values = self.worker.static_value(args)
         try:
             rendered = templates.render_value(values, ctx.variables()) if values else {}
         except templates.TemplateError as exc:

@@ -117,7 +117,7 @@ async def workflow(ex: "Execution", node: blueprint_pb2.Node, rec: "NodeRecord",
         await ex.commit()
     ex.begin_wait(rec)
     try:
-        with worker.notifier.watch(child) as changed:
+        with worker.notifier.watch(child) as watch:
             while True:
                 state = await worker.child_state(child)
                 if state is not None and state["state"] in TERMINAL:
@@ -126,7 +126,7 @@ async def workflow(ex: "Execution", node: blueprint_pb2.Node, rec: "NodeRecord",
                     await worker.cancel_run(child, "the workflow node timed out")
                     raise NodeFailure("TIMEOUT", "the child run did not finish within the "
                                                  "node's timeout", timed_out=True)
-                await _either(ex, changed, rec.wake_at)
+                await _either(ex, watch, rec.wake_at)
     except asyncio.CancelledError:
         if ex.stop_reason is None:  # the node itself was cancelled (a container decided)
             worker.spawn(worker.cancel_run(child, "the parent node was cancelled"))
@@ -135,16 +135,24 @@ async def workflow(ex: "Execution", node: blueprint_pb2.Node, rec: "NodeRecord",
         ex.end_wait(rec)
 
 
-async def _either(ex: "Execution", changed: asyncio.Event, until: Any) -> None:
-    changed.clear()
-    waiter = asyncio.ensure_future(changed.wait())
-    try:
-        waited = ex.wait_for_change(until)
-        poke = asyncio.ensure_future(waited)
-        await asyncio.wait([waiter, poke], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        poke.cancel()
+async def _either(ex: "Execution", watch: Any, until: Any) -> None:
+    """Wait until the child is reported ended, the execution is poked, `until` passes, or
+    5 seconds (a safety re-check)."""
+    loop = asyncio.get_running_loop()
+    limit = 5.0 if until is None else max(0.0, min(5.0, (until - _now()).total_seconds()))
+    deadline = loop.time() + limit
+    watch.ended = False
+    ex.poked.clear()
+    while not watch.ended and not ex.poked.is_set() and loop.time() < deadline:
+        watch.changed.clear()
+        waiters = [asyncio.ensure_future(watch.changed.wait()),
+                   asyncio.ensure_future(ex.poked.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=deadline - loop.time(),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
 
 async def _child_done(ex: "Execution", rec: "NodeRecord", child: str,

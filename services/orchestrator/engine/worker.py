@@ -54,6 +54,7 @@ class Worker:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._organizations: dict[str, str] = {}
         self._specs: dict[tuple[str, str, int], blueprint_pb2.Blueprint] = {}
+        self._static: dict[int, tuple[Any, Any]] = {}
         self._stopping = False
         self._started = False
 
@@ -98,12 +99,13 @@ class Worker:
             return 0
         return max(0, self.config.max_runs_per_worker - len(self.executions))
 
-    def adopt(self, row: dict[str, Any]) -> None:
-        """Execute a run this worker has just claimed (or was born claimed by it)."""
+    def adopt(self, row: dict[str, Any], spec: blueprint_pb2.Blueprint | None = None) -> None:
+        """Execute a run this worker has just claimed (or was born claimed by it; then the
+        caller passes the blueprint it validated)."""
         if row["id"] in self.executions:
             return
         try:
-            spec = self.spec_of(row)
+            spec = spec if spec is not None else self.spec_of(row)
         except Exception as exc:  # noqa: BLE001 - a stored spec we cannot read: fail the run
             log.error("run %s has an unreadable blueprint", row["id"], exc_info=exc)
             spec = blueprint_pb2.Blueprint()
@@ -122,6 +124,19 @@ class Worker:
             self.executions.pop(execution.run_id, None)
             if not self._stopping:
                 self._claim_now.set()
+
+    def static_value(self, message: Any) -> Any:
+        """A Struct of the blueprint (tool args, …) as Python, converted once per message.
+        The cache keeps the message alive, so its id is not reused while cached."""
+        key = id(message)
+        hit = self._static.get(key)
+        if hit is not None and hit[0] is message:
+            return hit[1]
+        value = json_format.MessageToDict(message) if message.fields else {}
+        if len(self._static) > 10_000:
+            self._static.clear()
+        self._static[key] = (message, value)
+        return value
 
     def spec_of(self, row: dict[str, Any]) -> blueprint_pb2.Blueprint:
         key = (row["project_id"], row["blueprint_id"] or "", row["blueprint_version"] or 0)
