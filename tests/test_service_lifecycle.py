@@ -176,3 +176,18 @@ def test_three_services_start_together_on_an_empty_database(
     finally:
         for service in services:
             assert service.stop() == 0
+
+
+def test_not_serving_until_the_schema_is_at_head(empty_database: str, tmp_path: Path) -> None:
+    # Without ICEOS_RUN_MIGRATIONS the service waits for someone else to migrate.
+    env = _env(empty_database, ICEOS_RUN_MIGRATIONS="0")
+    service = ServiceProcess("registry", env, tmp_path).start(wait=False)
+    try:
+        wait_for(lambda: health_status(service.address) is not None, 20, what="listening")
+        time.sleep(1.5)
+        assert health_status(service.address) == NOT_SERVING
+        from services.common import migrate
+        migrate.upgrade(empty_database)
+        service.wait_serving(30)
+    finally:
+        assert service.stop() == 0

@@ -26,15 +26,13 @@ def upgrade() -> None:
         tags            text[] NOT NULL DEFAULT '{}',
         latest_version  bigint NOT NULL CHECK (latest_version >= 1),
         etag            text NOT NULL,
-        request_id      text,
         embedding       vector(256),              -- name + description, for SearchComponents
+        embedder        text,                     -- which Embedder made `embedding`
         create_time     timestamptz NOT NULL DEFAULT now(),
         update_time     timestamptz NOT NULL DEFAULT now(),
         delete_time     timestamptz,
         PRIMARY KEY (project_id, id)
     );
-    CREATE UNIQUE INDEX components_request_id ON components (project_id, request_id)
-        WHERE request_id IS NOT NULL;
     CREATE INDEX components_embedding ON components USING hnsw (embedding vector_cosine_ops);
 
     CREATE TABLE component_versions (
@@ -42,11 +40,16 @@ def upgrade() -> None:
         component_id  text NOT NULL,
         version       bigint NOT NULL CHECK (version >= 1),
         spec          jsonb NOT NULL,             -- the Component message, protobuf JSON
+        message       bytea NOT NULL,             -- the same, binary (fast to decode)
         creator       text NOT NULL DEFAULT '',
+        -- The Create request that made this version: a retry returns it (idempotency).
+        request_id    text,
         create_time   timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (project_id, component_id, version),
         FOREIGN KEY (project_id, component_id) REFERENCES components (project_id, id)
     );
+    CREATE UNIQUE INDEX component_versions_request_id ON component_versions
+        (project_id, request_id) WHERE request_id IS NOT NULL;
 
     CREATE TABLE blueprints (
         project_id      text NOT NULL REFERENCES projects(id),
@@ -55,14 +58,11 @@ def upgrade() -> None:
         description     text NOT NULL DEFAULT '',
         latest_version  bigint NOT NULL CHECK (latest_version >= 1),
         etag            text NOT NULL,
-        request_id      text,
         create_time     timestamptz NOT NULL DEFAULT now(),
         update_time     timestamptz NOT NULL DEFAULT now(),
         delete_time     timestamptz,
         PRIMARY KEY (project_id, id)
     );
-    CREATE UNIQUE INDEX blueprints_request_id ON blueprints (project_id, request_id)
-        WHERE request_id IS NOT NULL;
     CREATE INDEX blueprints_list ON blueprints (project_id, create_time, id)
         WHERE delete_time IS NULL;
 
@@ -71,11 +71,15 @@ def upgrade() -> None:
         blueprint_id  text NOT NULL,
         version       bigint NOT NULL CHECK (version >= 1),
         spec          jsonb NOT NULL,             -- the Blueprint message, protobuf JSON
+        message       bytea NOT NULL,             -- the same, binary (fast to decode)
         creator       text NOT NULL DEFAULT '',
+        request_id    text,
         create_time   timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (project_id, blueprint_id, version),
         FOREIGN KEY (project_id, blueprint_id) REFERENCES blueprints (project_id, id)
     );
+    CREATE UNIQUE INDEX blueprint_versions_request_id ON blueprint_versions
+        (project_id, request_id) WHERE request_id IS NOT NULL;
     """)
 
 

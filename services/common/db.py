@@ -80,23 +80,26 @@ class Database:
             return False
 
 
-async def schema_ready(db: Database, required_table: str = "semantic_memory") -> bool:
-    """True when Postgres answers and the schema is migrated (the table exists)."""
+async def schema_ready(db: Database, head: str, required_table: str = "semantic_memory") -> bool:
+    """True when Postgres answers and the schema is at this build's Alembic head (and the
+    table the launch plan checks exists)."""
     try:
         async with db.connection() as conn:
             row = await (await conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL AS ok", (required_table,))).fetchone()
-            return bool(row and row["ok"])
+                "SELECT to_regclass(%s) IS NOT NULL AS ok, (SELECT version_num FROM"
+                " alembic_version LIMIT 1) AS rev", (required_table,))).fetchone()
+            return bool(row and row["ok"] and row["rev"] == head)
     except (errors.Unavailable, psycopg.Error):
         return False
 
 
-async def watch_readiness(db: Database, on_change: Callable[[bool], Awaitable[None] | None],
+async def watch_readiness(db: Database, head: str,
+                          on_change: Callable[[bool], Awaitable[None] | None],
                           interval: float = 1.0) -> None:
     """Poll the database forever, calling on_change(ready) whenever readiness flips."""
     ready: bool | None = None
     while True:
-        now = await schema_ready(db)
+        now = await schema_ready(db, head)
         if now != ready:
             ready = now
             log.info("database %s", "ready" if now else "not ready")

@@ -109,6 +109,8 @@ async def serve(spec: ServiceSpec, settings: Settings | None = None) -> int:
         await asyncio.to_thread(require_database, settings)
 
     pagination.configure(settings.service_key or (settings.secret_key or "").encode() or None)
+    # The schema this build needs: the service is SERVING only with the database at this head.
+    head = migrate.head_revision()
     db = Database(settings.database_url, max_size=spec.pool_max)
     runtime = Runtime(settings=settings, db=db, redis=connect_redis(settings.redis_url),
                       authenticator=Authenticator(db, settings.auth_cache_ttl_s,
@@ -138,6 +140,10 @@ async def serve(spec: ServiceSpec, settings: Settings | None = None) -> int:
         return 1
     await server.start()
     log.info("listening", extra={"address": address})
+    if settings.metrics_port:
+        # Prometheus text format on its own port (RPC counts and latencies per method).
+        from prometheus_client import start_http_server
+        start_http_server(settings.metrics_port, addr=settings.bind_host)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -157,7 +163,7 @@ async def serve(spec: ServiceSpec, settings: Settings | None = None) -> int:
 
     async def start_when_schema_ready() -> None:
         await _prepare_schema(settings, runtime)
-        tasks.append(asyncio.create_task(watch_readiness(db, set_health)))
+        tasks.append(asyncio.create_task(watch_readiness(db, head, set_health)))
         await runtime.ready.wait()
         for work in spec.background:
             tasks.append(asyncio.create_task(work(runtime)))

@@ -11,6 +11,7 @@ from iceos.registry.v1 import registry_pb2
 
 from services.common.server import Runtime, ServiceSpec, main
 
+from . import api as registry_api
 from .identity.api import AuthServicer
 
 SERVICE_NAMES = (
@@ -21,6 +22,7 @@ SERVICE_NAMES = (
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> None:
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(), server)
+    registry_api.add_to_server(server, runtime.db)
 
 
 SPEC = ServiceSpec(name="registry", service_names=SERVICE_NAMES, register=register)

@@ -19,6 +19,7 @@ Paths name node executions in a run: `greet`, `check.then.notify`, `each[2].fetc
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -73,67 +74,84 @@ def dependency_map(nodes: Sequence[Node]) -> dict[str, list[str]]:
 
 
 def find_cycle(nodes: Sequence[Node]) -> list[str] | None:
-    """A dependency cycle as [a, b, …, a], or None."""
+    """A dependency cycle as [a, b, …, a], or None. Iterative, so a chain of any length (the
+    limit is 1,000 nodes) cannot exhaust Python's recursion limit."""
     deps = dependency_map(nodes)
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-    stack: list[str] = []
-
-    def visit(node_id: str) -> list[str] | None:
-        state[node_id] = 1
-        stack.append(node_id)
-        for dep in deps.get(node_id, []):
+    state: dict[str, int] = {}  # 1 = on the path, 2 = done
+    for root in deps:
+        if root in state:
+            continue
+        path: list[str] = [root]
+        state[root] = 1
+        pending: list[list[str]] = [list(deps[root])]
+        while path:
+            if not pending[-1]:
+                state[path.pop()] = 2
+                pending.pop()
+                continue
+            dep = pending[-1].pop()
             if state.get(dep) == 1:
-                return stack[stack.index(dep):] + [dep]
+                return path[path.index(dep):] + [dep]
             if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        state[node_id] = 2
-        return None
-
-    for node in nodes:
-        if node.id not in state:
-            found = visit(node.id)
-            if found:
-                return found
+                state[dep] = 1
+                path.append(dep)
+                pending.append(list(deps[dep]))
     return None
 
 
 def closures(nodes: Sequence[Node]) -> dict[str, frozenset[str]]:
-    """id → every sibling it depends on, directly or transitively (assumes no cycle)."""
+    """id → every sibling it depends on, directly or transitively. Computed in topological
+    order (iteratively); members of a cycle, which validation reports, get what is reachable
+    without going round it."""
     deps = dependency_map(nodes)
-    memo: dict[str, frozenset[str]] = {}
-
-    def closure(node_id: str, seen: frozenset[str] = frozenset()) -> frozenset[str]:
-        if node_id in memo:
-            return memo[node_id]
-        result: set[str] = set()
-        for dep in deps.get(node_id, []):
-            if dep in seen:  # a cycle; validation reports it separately
+    result: dict[str, frozenset[str]] = {}
+    try:
+        order = topological_order(nodes)
+    except ValueError:
+        order = []
+    for node_id in order:
+        acc: set[str] = set()
+        for dep in deps[node_id]:
+            acc.add(dep)
+            acc |= result[dep]
+        result[node_id] = frozenset(acc)
+    for node_id in deps:  # cyclic leftovers: plain reachability, without recursion
+        if node_id in result:
+            continue
+        seen: set[str] = set()
+        stack = list(deps[node_id])
+        while stack:
+            dep = stack.pop()
+            if dep in seen or dep == node_id:
                 continue
-            result.add(dep)
-            result |= closure(dep, seen | {node_id})
-        memo[node_id] = frozenset(result)
-        return memo[node_id]
-
-    return {n.id: closure(n.id) for n in nodes}
+            seen.add(dep)
+            stack.extend(deps[dep])
+        result[node_id] = frozenset(seen)
+    return result
 
 
 def topological_order(nodes: Sequence[Node]) -> list[str]:
-    """Sibling ids in an order where every node comes after its dependencies (stable)."""
+    """Sibling ids in an order where every node comes after its dependencies; among nodes
+    that are ready together, blueprint order is kept. Raises ValueError on a cycle."""
     deps = dependency_map(nodes)
+    position = {n.id: i for i, n in enumerate(nodes)}
+    waiting = {node_id: len(set(d)) for node_id, d in deps.items()}
+    dependents: dict[str, list[str]] = {node_id: [] for node_id in deps}
+    for node_id, ds in deps.items():
+        for dep in set(ds):
+            dependents[dep].append(node_id)
+    ready = [node_id for node_id, count in waiting.items() if count == 0]
+    heapq.heapify(ready_heap := [(position[i], i) for i in ready])
     order: list[str] = []
-    placed: set[str] = set()
-    remaining = [n.id for n in nodes]
-    while remaining:
-        ready = [i for i in remaining if all(d in placed for d in deps[i])]
-        if not ready:
-            raise ValueError(f"dependency cycle among {remaining}")
-        for node_id in ready:
-            order.append(node_id)
-            placed.add(node_id)
-        remaining = [i for i in remaining if i not in placed]
+    while ready_heap:
+        _, node_id = heapq.heappop(ready_heap)
+        order.append(node_id)
+        for dependent in dependents[node_id]:
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                heapq.heappush(ready_heap, (position[dependent], dependent))
+    if len(order) != len(deps):
+        raise ValueError(f"dependency cycle among {sorted(set(deps) - set(order))}")
     return order
 
 

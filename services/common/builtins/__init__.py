@@ -4,6 +4,7 @@ process (they are our code, not user code)."""
 
 from __future__ import annotations
 
+from . import data, http, text  # noqa: F401  (each module registers its built-ins)
 from .catalog import BuiltinTool, ToolContext, ToolError, all_tools, get
 
 __all__ = ["BuiltinTool", "ToolContext", "ToolError", "all_tools", "get"]

@@ -321,18 +321,27 @@ class ValidateBlueprintRequest(_message.Message):
 
     PARENT_FIELD_NUMBER: _builtins.int
     BLUEPRINT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
+    source: _builtins.str
+    """Instead of `blueprint`: the blueprint as YAML or JSON text, loaded strictly, so unknown
+    fields and unknown node kinds are violations too (JSON bodies parsed by the edge drop
+    unknown fields silently).
+    """
     @_builtins.property
-    def blueprint(self) -> _blueprint_pb2.Blueprint: ...
+    def blueprint(self) -> _blueprint_pb2.Blueprint:
+        """The blueprint to check (or `source`)."""
+
     def __init__(
         self,
         *,
         parent: _builtins.str = ...,
         blueprint: _blueprint_pb2.Blueprint | None = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["blueprint", b"blueprint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blueprint", b"blueprint", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blueprint", b"blueprint", "parent", b"parent", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,143 @@
+"""Request decoding that names the bad field.
+
+grpcio answers a request that protobuf cannot parse (a string field with invalid UTF-8, a
+message nested past protobuf's recursion limit) with UNKNOWN "Unexpected DecodeError". Here the
+registry's handlers decode leniently instead: on a parse failure the request arrives empty and
+the handler raises INVALID_ARGUMENT whose field violation is the path of the bad field
+(`blueprint.nodes[0].id`), found by walking the wire format against the descriptor.
+
+The verdict travels from the deserializer to the handler in a context variable: grpc.aio decodes
+a request in the task that then runs its handler, and each RPC has its own task.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor, message_factory
+from google.protobuf.message import DecodeError, Message
+
+from services.common import errors
+
+# Deeper than this is refused (protobuf's own parser stops at 100 levels).
+MAX_MESSAGE_DEPTH = 90
+
+_problem: contextvars.ContextVar[errors.InvalidArgument | None] = contextvars.ContextVar(
+    "registry_decode_problem", default=None)
+
+
+class _Bad(Exception):
+    def __init__(self, path: str, description: str, reason: str) -> None:
+        super().__init__(description)
+        self.path, self.description, self.reason = path, description, reason
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise _Bad("", "the request is truncated", "MALFORMED")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise _Bad("", "the request has a malformed varint", "MALFORMED")
+
+
+def _walk(data: bytes, message: descriptor.Descriptor, path: str, depth: int) -> None:
+    if depth > MAX_MESSAGE_DEPTH:
+        raise _Bad(path, f"is nested more than {MAX_MESSAGE_DEPTH} messages deep",
+                   "TOO_DEEP")
+    counts: dict[int, int] = {}
+    pos = 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        number, wire_type = tag >> 3, tag & 7
+        fd = message.fields_by_number.get(number)
+        index = counts.get(number, 0)
+        counts[number] = index + 1
+        here = ""
+        if fd is not None:
+            name = f"{path}.{fd.name}" if path else fd.name
+            here = f"{name}[{index}]" if fd.is_repeated else name
+        if wire_type == 0:
+            _, pos = _varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            length, pos = _varint(data, pos)
+            chunk = data[pos:pos + length]
+            if len(chunk) < length:
+                raise _Bad(here, "the request is truncated", "MALFORMED")
+            pos += length
+            if fd is None:
+                continue
+            if fd.type == fd.TYPE_STRING:
+                try:
+                    chunk.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise _Bad(here, f"is not valid UTF-8 (byte {exc.start}); text fields "
+                                     "must be UTF-8", "INVALID_UTF8") from None
+            elif fd.type == fd.TYPE_MESSAGE:
+                _walk(chunk, fd.message_type, here, depth + 1)
+        elif wire_type in (3, 4):
+            raise _Bad(here, "uses protobuf groups, which this API does not", "MALFORMED")
+        else:
+            raise _Bad(here, f"has an unknown wire type {wire_type}", "MALFORMED")
+
+
+def diagnose(message: descriptor.Descriptor, data: bytes, error: Exception) -> \
+        errors.InvalidArgument:
+    """INVALID_ARGUMENT naming the field that made `data` unparsable as `message`."""
+    try:
+        _walk(data, message, "", 1)
+    except _Bad as bad:
+        return errors.InvalidArgument(
+            f"{bad.path or 'request'}: {bad.description}",
+            [errors.FieldViolation(bad.path, bad.description, bad.reason)])
+    text = " ".join(str(error).split())[:300]
+    return errors.InvalidArgument(f"the request is not a valid {message.name}: {text}",
+                                  [errors.FieldViolation("", text, "MALFORMED")])
+
+
+def _lenient(cls: type[Message]) -> Callable[[bytes], Message]:
+    def deserialize(data: bytes) -> Message:
+        try:
+            return cls.FromString(data)
+        except (DecodeError, RecursionError) as exc:
+            _problem.set(diagnose(cls.DESCRIPTOR, data, exc))
+            return cls()
+    return deserialize
+
+
+def _checked(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def handler(request: Message, context: grpc.aio.ServicerContext) -> Any:
+        problem = _problem.get()
+        if problem is not None:
+            raise problem
+        return await behavior(request, context)
+    return handler
+
+
+def add_servicer(server: grpc.aio.Server, servicer: object,
+                 service: descriptor.ServiceDescriptor) -> None:
+    """Register every unary method of `service` implemented by `servicer`, with lenient
+    decoding (the generated add_*_to_server would answer bad bytes with UNKNOWN)."""
+    handlers = {}
+    for method in service.methods:
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _checked(getattr(servicer, method.name)),
+            request_deserializer=_lenient(request_cls),
+            response_serializer=response_cls.SerializeToString)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),))
