@@ -37,9 +37,9 @@ def violations(error: grpc.RpcError) -> dict[str, str]:
 
 
 def test_saved_blueprint_runs_latest_or_pinned_version(stack, tenant) -> None:  # type: ignore[no-untyped-def]
-    save_blueprint(stack.database_url, tenant.project_id, "hello", ECHO)
+    save_blueprint(stack, tenant, "hello", ECHO)
     v2 = {**ECHO, "output": "'v2: ' + nodes.greet.output.text"}
-    assert save_blueprint(stack.database_url, tenant.project_id, "hello", v2) == 2
+    assert save_blueprint(stack, tenant, "hello", v2) == 2
     with stack.channel() as channel:
         api = stub(channel)
         latest = wait(api, tenant, start(api, tenant, blueprint="hello",
@@ -99,7 +99,7 @@ def test_request_id_makes_start_idempotent(stack, tenant) -> None:  # type: igno
 
 
 def test_unknown_blueprint_or_version_is_not_found(stack, tenant) -> None:  # type: ignore[no-untyped-def]
-    save_blueprint(stack.database_url, tenant.project_id, "only-one", ECHO)
+    save_blueprint(stack, tenant, "only-one", ECHO)
     with stack.channel() as channel:
         api = stub(channel)
         with pytest.raises(grpc.RpcError) as info:
@@ -147,7 +147,7 @@ def test_invalid_inline_blueprint_lists_every_violation(stack, tenant) -> None: 
 
 
 def test_list_runs_filters_and_pages(stack, tenant) -> None:  # type: ignore[no-untyped-def]
-    save_blueprint(stack.database_url, tenant.project_id, "listed", ECHO)
+    save_blueprint(stack, tenant, "listed", ECHO)
     bad = {"nodes": [tool("x", "builtins/json_transform", {"expression": "1 / 0"})]}
     with stack.channel() as channel:
         api = stub(channel)

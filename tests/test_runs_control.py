@@ -145,7 +145,7 @@ def test_human_timeout_applies_the_declared_default(api, tenant) -> None:  # typ
 
 
 def test_cancelling_a_waiting_run_and_a_parent_cancels_the_child(api, stack, tenant) -> None:  # type: ignore[no-untyped-def]
-    save_blueprint(stack.database_url, tenant.project_id, "needs-human", {
+    save_blueprint(stack, tenant, "needs-human", {
         "nodes": [{"id": "ok", "human": {"prompt": "ok?"}}]})
     parent = start(api, tenant, spec={"nodes": [
         {"id": "child", "workflow": {"blueprint": "needs-human"}}]})
@@ -168,7 +168,7 @@ def test_cancelling_a_waiting_run_and_a_parent_cancels_the_child(api, stack, ten
 
 
 def test_child_run_outcome_reaches_the_parent_and_depth_is_limited(api, stack, tenant) -> None:  # type: ignore[no-untyped-def]
-    save_blueprint(stack.database_url, tenant.project_id, "asks", {
+    save_blueprint(stack, tenant, "asks", {
         "nodes": [{"id": "ok", "human": {"prompt": "ok?"}}], "output": "'child done'"})
     parent = start(api, tenant, spec={"nodes": [
         {"id": "child", "workflow": {"blueprint": "asks"}}], "output": "nodes.child.output"})
@@ -179,14 +179,19 @@ def test_child_run_outcome_reaches_the_parent_and_depth_is_limited(api, stack, t
     signal(api, tenant, child.name, "ok", blueprint_pb2.HUMAN_DECISION_APPROVE)
     done = wait(api, tenant, parent.name)
     assert done.state == State.RUN_STATE_SUCCEEDED and py(done.output) == "child done"
-    # A blueprint that starts itself: runs nest until the depth limit stops them.
-    save_blueprint(stack.database_url, tenant.project_id, "forever", {
-        "nodes": [{"id": "again", "workflow": {"blueprint": "forever"}}]})
-    deep = wait(api, tenant, start(api, tenant, blueprint="forever").name, 90)
+    # Runs nest through a chain of blueprints (the registry refuses cycles) until the depth
+    # limit (8) stops the ninth level.
+    save_blueprint(stack, tenant, "level-9", {"nodes": [{"id": "leaf", "tool": {
+        "component": "builtins/json_transform", "args": {"expression": "1"}}}]})
+    for level in range(8, -1, -1):
+        save_blueprint(stack, tenant, f"level-{level}", {"nodes": [
+            {"id": "down", "workflow": {"blueprint": f"level-{level + 1}"}}]})
+    deep = wait(api, tenant, start(api, tenant, blueprint="level-0").name, 90)
     assert deep.state == State.RUN_STATE_FAILED
     assert deep.error.reason == "CHILD_FAILED"
-    listed = api.ListRuns(orchestrator_pb2.ListRunsRequest(
-        parent=tenant.parent, filter='blueprint = "forever"', page_size=100),
-        metadata=tenant.md()).runs
-    assert len(listed) == 9  # depth 0 … 8
-    assert any("DEPTH_LIMIT" in r.error.reason or "deep" in r.error.message for r in listed)
+    chain = [next(iter(api.ListRuns(orchestrator_pb2.ListRunsRequest(
+        parent=tenant.parent, filter=f'blueprint = "level-{level}"'),
+        metadata=tenant.md()).runs), None) for level in range(10)]
+    assert all(run is not None for run in chain[:9]) and chain[9] is None
+    assert chain[8].error.reason == "DEPTH_LIMIT"
+    assert "limit is 8" in chain[8].error.message

@@ -258,7 +258,7 @@ def test_workflow_node_runs_a_pinned_child(stack, api, tenant) -> None:  # type:
         "argExpressions": {"input": "inputs.n"}}}],
         "inputSchema": {"type": "object", "required": ["n"]},
         "output": "nodes.double.output.result"}
-    save_blueprint(stack.database_url, tenant.project_id, "doubler", child)
+    save_blueprint(stack, tenant, "doubler", child)
     spec = {"nodes": [{"id": "sub", "workflow": {"blueprint": "doubler",
                                                  "argExpressions": {"n": "inputs.n"}}},
                       jt("plus", "input + 1", dependsOn=["sub"]) | {"tool": {

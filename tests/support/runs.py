@@ -1,15 +1,12 @@
 """Helpers for the run tests: blueprints from dicts, starting and waiting for runs, saved
 blueprints, dedicated orchestrator processes on their own database.
 
-`save_blueprint` inserts blueprint rows with SQL. TEMPORARY: it stands in for the registry's
-CreateBlueprint while that API is being built in parallel; switch to the API once it is on main.
+`save_blueprint` saves blueprints through the registry API (CreateBlueprint / UpdateBlueprint).
 """
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,22 +113,29 @@ def event_types(evs: list[run_pb2.RunEvent]) -> list[str]:
     return [run_pb2.RunEventType.Name(e.type).removeprefix("RUN_EVENT_TYPE_") for e in evs]
 
 
-def save_blueprint(database_url: str, project_id: str, blueprint_id: str,
+def save_blueprint(stack: Any, tenant: Tenant, blueprint_id: str,
                    spec: dict[str, Any]) -> int:
-    """Insert a blueprint version (TEMPORARY stand-in for the registry's CreateBlueprint);
-    returns the new version number."""
-    spec_json = json_format.MessageToDict(bp(spec))
-    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
-        row = conn.execute(
-            "INSERT INTO blueprints (project_id, id, latest_version, etag) VALUES (%s, %s, 1, %s)"
-            " ON CONFLICT (project_id, id) DO UPDATE SET latest_version ="
-            " blueprints.latest_version + 1 RETURNING latest_version",
-            (project_id, blueprint_id, uuid.uuid4().hex)).fetchone()
-        assert row is not None
-        conn.execute("INSERT INTO blueprint_versions (project_id, blueprint_id, version, spec)"
-                     " VALUES (%s, %s, %s, %s::jsonb)",
-                     (project_id, blueprint_id, row[0], json.dumps(spec_json)))
-        return int(row[0])
+    """Create the blueprint through the registry API, or add a version to it; returns the
+    version number."""
+    from iceos.registry.v1 import registry_pb2, registry_pb2_grpc
+    with stack.channel("registry") as channel:
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        name = f"{tenant.parent}/blueprints/{blueprint_id}"
+        try:
+            current = registry.GetBlueprint(registry_pb2.GetBlueprintRequest(name=name),
+                                            metadata=tenant.md(), timeout=30)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            created = registry.CreateBlueprint(registry_pb2.CreateBlueprintRequest(
+                parent=tenant.parent, blueprint_id=blueprint_id, blueprint=bp(spec)),
+                metadata=tenant.md(), timeout=30)
+            return int(created.version)
+        update = bp(spec)
+        update.name, update.etag = name, current.etag
+        updated = registry.UpdateBlueprint(registry_pb2.UpdateBlueprintRequest(
+            blueprint=update), metadata=tenant.md(), timeout=30)
+        return int(updated.version)
 
 
 def tool_calls(database_url: str, label: str | None = None) -> list[dict[str, Any]]:
