@@ -40,7 +40,7 @@ from services.registry.identity import store as identity_store
 from services.stack.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
 CHAIN = 50
-CHAIN_RUNS = 20
+CHAIN_RUNS = 24
 FANOUT_NODES = 5
 THROUGHPUT_RUNS = 600
 CONCURRENCY = 200
@@ -138,21 +138,28 @@ async def ice_runs(addresses: list[str], token: str, project: str,
     return elapsed, ok
 
 
-def ice_chain(address: str, token: str, project: str) -> float:
-    blueprint = chain_blueprint(CHAIN)
-    asyncio.run(ice_runs([address], token, project, blueprint, 3, 1))  # warm up
-    elapsed, ok = asyncio.run(ice_runs([address], token, project, blueprint, CHAIN_RUNS, 1))
-    assert ok == CHAIN_RUNS, f"only {ok} of {CHAIN_RUNS} chain runs succeeded"
-    return elapsed / CHAIN_RUNS / CHAIN
+ROUNDS = 4  # measurements alternate between the systems, so load drift hits all alike
 
 
-def ice_throughput(addresses: list[str], token: str, project: str) -> float:
-    blueprint = chain_blueprint(FANOUT_NODES)
-    asyncio.run(ice_runs(addresses, token, project, blueprint, 50, 50))  # warm up
-    elapsed, ok = asyncio.run(ice_runs(addresses, token, project, blueprint, THROUGHPUT_RUNS,
-                                       CONCURRENCY))
-    assert ok == THROUGHPUT_RUNS, f"only {ok} of {THROUGHPUT_RUNS} runs succeeded"
-    return THROUGHPUT_RUNS / elapsed
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def ice_chain_round(address: str, token: str, project: str, runs: int) -> float:
+    elapsed, ok = asyncio.run(ice_runs([address], token, project, chain_blueprint(CHAIN),
+                                       runs, 1))
+    assert ok == runs, f"only {ok} of {runs} chain runs succeeded"
+    return elapsed / runs / CHAIN
+
+
+async def ice_throughput_round(addresses: list[str], token: str, project: str,
+                               runs: int) -> float:
+    elapsed, ok = await ice_runs(addresses, token, project, chain_blueprint(FANOUT_NODES),
+                                 runs, CONCURRENCY)
+    assert ok == runs, f"only {ok} of {runs} runs succeeded"
+    return runs / elapsed
 
 
 # -- the floor --------------------------------------------------------------------------------------
@@ -178,33 +185,39 @@ def asyncio_chain() -> float:
 
 # -- DBOS -------------------------------------------------------------------------------------------
 
-def dbos_chain(url: str) -> float:
-    from dbos import DBOS
+class Dbos:
+    """A DBOS workflow of CHAIN steps (each step's output checkpointed in Postgres)."""
 
-    DBOS(config={"name": "bench-runs", "system_database_url": url,
-                 "log_level": "WARNING", "console_log_level": "WARNING"})
+    def __init__(self, url: str) -> None:
+        from dbos import DBOS
+        self.dbos = DBOS
+        DBOS(config={"name": "bench-runs", "system_database_url": url,
+                     "log_level": "WARNING", "console_log_level": "WARNING"})
 
-    @DBOS.step()
-    def noop(value: int) -> int:
-        return value
+        @DBOS.step()
+        def noop(value: int) -> int:
+            return value
 
-    @DBOS.workflow()
-    def chain() -> int:
-        value = 0
-        for i in range(CHAIN):
-            value = noop(i)
-        return value
+        @DBOS.workflow()
+        def chain() -> int:
+            value = 0
+            for i in range(CHAIN):
+                value = noop(i)
+            return value
 
-    DBOS.launch()
-    try:
+        self.chain = chain
+        DBOS.launch()
         for _ in range(3):
             chain()
+
+    def round(self, runs: int) -> float:
         began = time.perf_counter()
-        for _ in range(CHAIN_RUNS):
-            chain()
-        return (time.perf_counter() - began) / CHAIN_RUNS / CHAIN
-    finally:
-        DBOS.destroy()
+        for _ in range(runs):
+            self.chain()
+        return (time.perf_counter() - began) / runs / CHAIN
+
+    def close(self) -> None:
+        self.dbos.destroy()
 
 
 # -- LangGraph --------------------------------------------------------------------------------------
@@ -225,44 +238,66 @@ def _graph(count: int):  # type: ignore[no-untyped-def]
     return graph
 
 
-def langgraph_chain(url: str) -> float:
-    from langgraph.checkpoint.postgres import PostgresSaver
+class LangGraphChain:
+    """A LangGraph graph of CHAIN nodes compiled with the (sync) PostgresSaver."""
 
-    with PostgresSaver.from_conn_string(url) as saver:
+    def __init__(self, url: str) -> None:
+        from langgraph.checkpoint.postgres import PostgresSaver
+        self._saver_cm = PostgresSaver.from_conn_string(url)
+        saver = self._saver_cm.__enter__()
         saver.setup()
-        app = _graph(CHAIN).compile(checkpointer=saver)
+        self.app = _graph(CHAIN).compile(checkpointer=saver)
         for _ in range(3):
-            app.invoke({"value": -1}, {"configurable": {"thread_id": uuid.uuid4().hex}})
+            self._one()
+
+    def _one(self) -> None:
+        self.app.invoke({"value": -1}, {"configurable": {"thread_id": uuid.uuid4().hex}})
+
+    def round(self, runs: int) -> float:
         began = time.perf_counter()
-        for _ in range(CHAIN_RUNS):
-            app.invoke({"value": -1}, {"configurable": {"thread_id": uuid.uuid4().hex}})
-        return (time.perf_counter() - began) / CHAIN_RUNS / CHAIN
+        for _ in range(runs):
+            self._one()
+        return (time.perf_counter() - began) / runs / CHAIN
+
+    def close(self) -> None:
+        self._saver_cm.__exit__(None, None, None)
 
 
-def langgraph_throughput(url: str) -> float:
+async def throughput_rounds(url: str, addresses: list[str], token: str,
+                            project: str) -> dict[str, list[float]]:
+    """Alternate iceOS (1 and 2 orchestrators) and LangGraph (AsyncPostgresSaver, pooled)."""
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
     from psycopg.rows import dict_row
     from psycopg_pool import AsyncConnectionPool
 
-    async def go() -> float:
-        async with AsyncConnectionPool(url, max_size=20, open=False, kwargs={
-                "autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}) as pool:
-            saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
-            await saver.setup()
-            app = _graph(FANOUT_NODES).compile(checkpointer=saver)
-            slots = asyncio.Semaphore(CONCURRENCY)
+    found: dict[str, list[float]] = {"ice1": [], "ice2": [], "langgraph": []}
+    async with AsyncConnectionPool(url, max_size=20, open=False, kwargs={
+            "autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}) as pool:
+        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        await saver.setup()
+        app = _graph(FANOUT_NODES).compile(checkpointer=saver)
+        slots = asyncio.Semaphore(CONCURRENCY)
 
-            async def one() -> None:
-                async with slots:
-                    await app.ainvoke({"value": -1},
-                                      {"configurable": {"thread_id": uuid.uuid4().hex}})
+        async def one() -> None:
+            async with slots:
+                await app.ainvoke({"value": -1},
+                                  {"configurable": {"thread_id": uuid.uuid4().hex}})
 
-            await asyncio.gather(*(one() for _ in range(50)))
+        async def langgraph_round(runs: int) -> float:
             began = time.perf_counter()
-            await asyncio.gather(*(one() for _ in range(THROUGHPUT_RUNS)))
-            return THROUGHPUT_RUNS / (time.perf_counter() - began)
+            await asyncio.gather(*(one() for _ in range(runs)))
+            return runs / (time.perf_counter() - began)
 
-    return asyncio.run(go())
+        await langgraph_round(50)  # warm up
+        await ice_throughput_round(addresses, token, project, 50)
+        per_round = THROUGHPUT_RUNS // ROUNDS
+        for _ in range(ROUNDS):
+            found["ice1"].append(await ice_throughput_round(addresses[:1], token, project,
+                                                            per_round))
+            found["langgraph"].append(await langgraph_round(per_round))
+            found["ice2"].append(await ice_throughput_round(addresses, token, project,
+                                                            per_round))
+    return found
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -277,31 +312,44 @@ def main() -> None:
         redis = EmbeddedRedis(free_port(), work / "redis")
         redis.start()
         procs: list[Orchestrator] = []
+        closers: list[Any] = []
         try:
             ice_url = postgres.url
             migrate.upgrade(ice_url)
             project, token = make_tenant(ice_url)
-            results: dict[str, Any] = {}
-
-            procs.append(Orchestrator(ice_url, redis.url, work))
-            results["iceos_chain_ms_per_node"] = ice_chain(procs[0].address, token,
-                                                           project) * 1000
-            results["iceos_runs_per_s_1_process"] = ice_throughput([procs[0].address], token,
-                                                                   project)
-            procs.append(Orchestrator(ice_url, redis.url, work))
-            results["iceos_runs_per_s_2_processes"] = ice_throughput(
-                [p.address for p in procs], token, project)
-            for proc in procs:
-                proc.stop()
-            procs.clear()
-
-            results["asyncio_chain_ms_per_node"] = asyncio_chain() * 1000
-            results["dbos_chain_ms_per_node"] = dbos_chain(
-                postgres.create_database("dbos_sys")) * 1000
+            procs = [Orchestrator(ice_url, redis.url, work), Orchestrator(ice_url, redis.url,
+                                                                          work)]
             lg_url = postgres.create_database("langgraph")
-            results["langgraph_chain_ms_per_node"] = langgraph_chain(lg_url) * 1000
-            results["langgraph_runs_per_s"] = langgraph_throughput(lg_url)
+            dbos = Dbos(postgres.create_database("dbos_sys"))
+            closers.append(dbos)
+            graph = LangGraphChain(lg_url)
+            closers.append(graph)
+            ice_chain_round(procs[0].address, token, project, 3)  # warm up
+            per_round = CHAIN_RUNS // ROUNDS
+            chains: dict[str, list[float]] = {"ice": [], "dbos": [], "langgraph": []}
+            for _ in range(ROUNDS):
+                chains["ice"].append(ice_chain_round(procs[0].address, token, project,
+                                                     per_round))
+                chains["langgraph"].append(graph.round(per_round))
+                chains["dbos"].append(dbos.round(per_round))
+            throughput = asyncio.run(throughput_rounds(lg_url, [p.address for p in procs],
+                                                       token, project))
+            results: dict[str, Any] = {
+                "iceos_chain_ms_per_node": median(chains["ice"]) * 1000,
+                "dbos_chain_ms_per_node": median(chains["dbos"]) * 1000,
+                "langgraph_chain_ms_per_node": median(chains["langgraph"]) * 1000,
+                "asyncio_chain_ms_per_node": asyncio_chain() * 1000,
+                "iceos_runs_per_s_1_process": median(throughput["ice1"]),
+                "iceos_runs_per_s_2_processes": median(throughput["ice2"]),
+                "langgraph_runs_per_s": median(throughput["langgraph"]),
+                "rounds": {"chain_ms_per_node": {k: [round(x * 1000, 4) for x in v]
+                                                 for k, v in chains.items()},
+                           "runs_per_s": {k: [round(x, 1) for x in v]
+                                          for k, v in throughput.items()}},
+            }
         finally:
+            for closer in closers:
+                closer.close()
             for proc in procs:
                 proc.stop()
             redis.stop()
@@ -320,10 +368,11 @@ def main() -> None:
         "benchmark": "runs", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
-        "parameters": {"chain_nodes": CHAIN, "chain_runs": CHAIN_RUNS,
+        "parameters": {"chain_nodes": CHAIN, "chain_runs": CHAIN_RUNS, "rounds": ROUNDS,
                        "throughput_nodes_per_run": FANOUT_NODES,
                        "throughput_runs": THROUGHPUT_RUNS, "client_concurrency": CONCURRENCY,
-                       "postgres": "embedded, fsync=on, one server for all systems"},
+                       "postgres": "embedded, fsync=on, one server for all systems",
+                       "figures": "medians of the rounds; systems alternate round by round"},
         "results": results, "ratios": ratios, "targets": targets, "targets_met": met,
         "command": "make bench-runs",
     }

@@ -76,6 +76,5 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         timeout = request.timeout.ToTimedelta() if request.HasField("timeout") else DEFAULT_WAIT
         if timeout < timedelta(0) or timeout > MAX_WAIT:
             raise errors.InvalidArgument.field("timeout", "must be between 0 and 10 minutes")
-        await self.runs.wait(request.name, timeout or DEFAULT_WAIT)
-        view = await self.runs.get(request.name)
+        view = await self.runs.wait_view(request.name, timeout or DEFAULT_WAIT)
         return convert.run(view.row, view.nodes, view.attempts)

@@ -328,14 +328,14 @@ class Runs:
     async def get(self, name: str, *, detail: bool = True) -> RunView:
         project, run_id = run_ids(name)
         async with self.db.connection() as conn:
-            row = await store.get_run(conn, project, run_id)
-            if row is None:
-                raise errors.NotFound(f"{name} does not exist", reason="RUN_NOT_FOUND")
             if not detail:
-                return RunView(row, [], [])
-            nodes = await store.run_nodes(conn, run_id)
-            attempts = await store.node_attempts(conn, run_id)
-        return RunView(row, nodes, attempts)
+                row = await store.get_run(conn, project, run_id)
+                found = (row, [], []) if row is not None else None
+            else:
+                found = await store.run_view(conn, project, run_id)
+        if found is None:
+            raise errors.NotFound(f"{name} does not exist", reason="RUN_NOT_FOUND")
+        return RunView(*found)
 
     async def list(self, *, parent: str, page_size: int, page_token: str,
                    filter_text: str) -> tuple[list[dict[str, Any]], str]:
@@ -475,6 +475,10 @@ class Runs:
                 delay = min(delay * 2, 2.0)
 
     async def wait(self, name: str, timeout: timedelta) -> dict[str, Any]:
+        return (await self.wait_view(name, timeout, detail=False)).row
+
+    async def wait_view(self, name: str, timeout: timedelta, *,
+                        detail: bool = True) -> RunView:
         """The run once it is final, or as it is when `timeout` passes. Reads Postgres when
         told the run ended (and every few seconds, in case a message was lost), not on every
         event."""
@@ -484,11 +488,13 @@ class Runs:
         with self.notifier.watch(run_id, ended_only=True) as watch:
             while True:
                 async with self.db.connection() as conn:
-                    row = await store.get_run(conn, project, run_id)
-                if row is None:
+                    found = (await store.run_view(conn, project, run_id) if detail else
+                             await store.get_run(conn, project, run_id))
+                if found is None:
                     raise errors.NotFound(f"{name} does not exist", reason="RUN_NOT_FOUND")
-                if row["state"] in store.TERMINAL_RUN_STATES or loop.time() >= until:
-                    return row
+                view = RunView(*found) if detail else RunView(found, [], [])  # type: ignore[arg-type]
+                if view.row["state"] in store.TERMINAL_RUN_STATES or loop.time() >= until:
+                    return view
                 watch.ended = False
                 recheck = loop.time() + 5.0
                 while not watch.ended and loop.time() < min(recheck, until):

@@ -105,6 +105,31 @@ async def get_run_by_id(conn: psycopg.AsyncConnection, run_id: str) -> dict[str,
         f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = %s", (run_id,))).fetchone()
 
 
+async def run_view(conn: psycopg.AsyncConnection, project_id: str,
+                   run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                         list[dict[str, Any]]] | None:
+    """A run with its node records and attempts in one round trip."""
+    row = await (await conn.execute(
+        f"""SELECT {_RUN_COLUMNS},
+          (SELECT COALESCE(json_agg(n ORDER BY n.start_time NULLS LAST, n.update_time, n.path),
+                           '[]') FROM run_nodes n WHERE n.run_id = r.id) AS node_rows,
+          (SELECT COALESCE(json_agg(a ORDER BY a.path, a.attempt), '[]')
+             FROM node_attempts a WHERE a.run_id = r.id) AS attempt_rows
+        FROM runs r WHERE project_id = %s AND id = %s""", (project_id, run_id))).fetchone()
+    if row is None:
+        return None
+    nodes, attempts = row.pop("node_rows"), row.pop("attempt_rows")
+    for record in nodes:
+        for key in ("wake_at", "start_time", "end_time", "update_time"):
+            if record.get(key):
+                record[key] = datetime.fromisoformat(record[key])
+    for record in attempts:
+        for key in ("start_time", "end_time"):
+            if record.get(key):
+                record[key] = datetime.fromisoformat(record[key])
+    return row, nodes, attempts
+
+
 async def run_nodes(conn: psycopg.AsyncConnection, run_id: str) -> list[dict[str, Any]]:
     return await (await conn.execute(
         "SELECT path, node_id, kind, state, attempt, output, error, usage, wake_at, start_time,"
@@ -216,11 +241,27 @@ async def release(conn: psycopg.AsyncConnection, worker_id: str, run_ids: list[s
 
 _BATCH = """
 WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
-  SELECT r.id FROM runs r
-  JOIN jsonb_to_recordset((SELECT b FROM doc) -> 'fence') AS f(id text, claim int)
-    ON r.id = f.id AND r.claim_count = f.claim
-  WHERE r.worker_id = %(w)s
-  FOR UPDATE OF r
+  -- The fence and the run's own update in one row write: only runs this worker still holds
+  -- at the claim it knows (a newer claim changed claim_count; the row lock lasts only for
+  -- this statement).
+  UPDATE runs r SET
+    state = COALESCE(x.state, r.state),
+    output = CASE WHEN x.set_output THEN x.output ELSE r.output END,
+    error = COALESCE(x.error, r.error),
+    usage = COALESCE(x.usage, r.usage),
+    last_event_seq = GREATEST(r.last_event_seq, COALESCE(x.last_seq, 0)),
+    end_time = COALESCE(x.end_time, r.end_time),
+    worker_id = CASE WHEN x.release THEN NULL ELSE r.worker_id END,
+    lease_expires_at = CASE WHEN x.release THEN NULL ELSE r.lease_expires_at END,
+    wake_at = CASE WHEN x.park THEN LEAST(COALESCE(r.wake_at, x.wake_at), x.wake_at)
+                   WHEN x.release THEN NULL ELSE r.wake_at END,
+    update_time = now()
+  FROM jsonb_to_recordset((SELECT b FROM doc) -> 'runs') AS x(
+         id text, claim int, state text, set_output bool, output jsonb, error jsonb,
+         usage jsonb, last_seq bigint, end_time timestamptz, release bool, park bool,
+         wake_at timestamptz)
+  WHERE r.id = x.id AND r.claim_count = x.claim AND r.worker_id = %(w)s
+  RETURNING r.id
 ), nodes AS (
   INSERT INTO run_nodes AS n (run_id, path, node_id, kind, state, attempt, output, error, usage,
                               wake_at, start_time, end_time, update_time)
@@ -257,24 +298,6 @@ WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
          run_id text, seq bigint, type text, node text, payload jsonb, time timestamptz)
   WHERE x.run_id IN (SELECT id FROM owned)
   ON CONFLICT (run_id, seq) DO NOTHING
-  RETURNING 1
-), run_updates AS (
-  UPDATE runs r SET
-    state = COALESCE(x.state, r.state),
-    output = CASE WHEN x.set_output THEN x.output ELSE r.output END,
-    error = COALESCE(x.error, r.error),
-    usage = COALESCE(x.usage, r.usage),
-    last_event_seq = GREATEST(r.last_event_seq, COALESCE(x.last_seq, 0)),
-    end_time = COALESCE(x.end_time, r.end_time),
-    worker_id = CASE WHEN x.release THEN NULL ELSE r.worker_id END,
-    lease_expires_at = CASE WHEN x.release THEN NULL ELSE r.lease_expires_at END,
-    wake_at = CASE WHEN x.park THEN LEAST(COALESCE(r.wake_at, x.wake_at), x.wake_at)
-                   WHEN x.release THEN NULL ELSE r.wake_at END,
-    update_time = now()
-  FROM jsonb_to_recordset((SELECT b FROM doc) -> 'runs') AS x(
-         id text, state text, set_output bool, output jsonb, error jsonb, usage jsonb,
-         last_seq bigint, end_time timestamptz, release bool, park bool, wake_at timestamptz)
-  WHERE r.id = x.id AND r.id IN (SELECT id FROM owned)
   RETURNING 1
 )
 SELECT id FROM owned

@@ -170,14 +170,13 @@ class CheckpointWriter:
 
     async def _write(self, batches: dict[str, _RunBatch]) -> set[str]:
         payload = {
-            "fence": [{"id": run_id, "claim": b.claim} for run_id, b in batches.items()],
             "nodes": [{"run_id": run_id, **record} for run_id, b in batches.items()
                       for record in b.nodes.values()],
             "attempts": [{"run_id": run_id, **record} for run_id, b in batches.items()
                          for record in b.attempts.values()],
             "events": [e for b in batches.values() for e in b.events],
-            "runs": [{"id": run_id, "last_seq": b.last_seq, **(b.run or {})}
-                     for run_id, b in batches.items() if b.run or b.last_seq],
+            "runs": [{"id": run_id, "claim": b.claim, "last_seq": b.last_seq, **(b.run or {})}
+                     for run_id, b in batches.items()],
         }
         parents = [b.wake_parent for b in batches.values() if b.wake_parent]
         cancels = [(run_id, b.cancel_children_reason) for run_id, b in batches.items()

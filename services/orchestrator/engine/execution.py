@@ -94,12 +94,19 @@ class NodeRecord:
 
 @dataclass(frozen=True)
 class Context:
-    """What expressions and templates at one place see."""
+    """What expressions and templates at one place see: the run's inputs, the finished nodes
+    of the enclosing scopes (`outer`) and of this scope (`local`, filled as siblings finish;
+    inner ids shadow outer ones), and inside a loop body `item` and `index`."""
 
     inputs: dict[str, Any]
-    refs: dict[str, dict[str, Any]]
+    outer: dict[str, dict[str, Any]]
+    local: dict[str, dict[str, Any]] = field(default_factory=dict)
     item: Any = _MISSING
     index: int | None = None
+
+    @property
+    def refs(self) -> dict[str, dict[str, Any]]:
+        return {**self.outer, **self.local} if self.local else self.outer
 
     def variables(self) -> dict[str, Any]:
         out: dict[str, Any] = {"inputs": self.inputs, "nodes": self.refs}
@@ -108,10 +115,12 @@ class Context:
             out["index"] = self.index
         return out
 
-    def with_refs(self, refs: dict[str, dict[str, Any]]) -> "Context":
-        if not refs:
-            return self
-        return Context(self.inputs, {**self.refs, **refs}, self.item, self.index)
+    def nested(self, local: dict[str, dict[str, Any]] | None = None, *, item: Any = _MISSING,
+               index: int | None = None) -> "Context":
+        """The context of a nested scope: this scope's finished nodes become outer ones."""
+        if item is _MISSING:
+            item, index = self.item, self.index
+        return Context(self.inputs, self.refs, local if local is not None else {}, item, index)
 
 
 @dataclass
@@ -271,8 +280,8 @@ class Execution:
             return
         try:
             if self.spec.output:
-                output = expressions.evaluate(self.spec.output, root.with_refs(
-                    result.refs).variables())
+                output = expressions.evaluate(self.spec.output,
+                                              root.nested(result.refs).variables())
             else:
                 output = result.outputs
             size = to_json_size(output)
@@ -381,9 +390,13 @@ class Execution:
                     ctx: Context) -> ScopeResult:
         """Run one list of sibling nodes as a DAG."""
         deps = graph.dependency_map(nodes)
-        closures = graph.closures(nodes)
         by_id = {n.id: n for n in nodes}
         results: dict[str, Outcome] = {}
+        # What siblings see: every finished sibling. Validation already limits references to
+        # a node's dependency closure, and every node of that closure has finished before the
+        # node starts, so one shared mapping serves all (no per-node copy).
+        refs: dict[str, dict[str, Any]] = {}
+        inner = ctx.nested(refs)
         pending = [n.id for n in nodes]
         tasks: dict[asyncio.Task[Outcome], str] = {}
         try:
@@ -401,10 +414,10 @@ class Execution:
                         if skipped:
                             results[node_id] = self.skip(node, path,
                                                          f"dependency {skipped[0]} was skipped")
+                            refs[node_id] = results[node_id].ref()
                             started = True
                             continue
-                        refs = {d: results[d].ref() for d in closures[node_id]}
-                        task = asyncio.ensure_future(self.node(node, path, ctx.with_refs(refs)))
+                        task = asyncio.ensure_future(self.node(node, path, inner))
                         tasks[task] = node_id
                 if not tasks:
                     break
@@ -413,6 +426,7 @@ class Execution:
                     node_id = tasks.pop(task)
                     outcome = task.result()
                     results[node_id] = outcome
+                    refs[node_id] = outcome.ref()
                     if outcome.state in ("FAILED", "TIMED_OUT") and \
                             by_id[node_id].on_error != blueprint_pb2.ON_ERROR_CONTINUE:
                         await self._cancel_tasks(tasks)
@@ -423,8 +437,7 @@ class Execution:
             if tasks:
                 await self._cancel_tasks(tasks)
         outputs = {node_id: results[node_id].output for node_id in by_id if node_id in results}
-        refs = {node_id: results[node_id].ref() for node_id in by_id if node_id in results}
-        return ScopeResult(True, outputs, refs)
+        return ScopeResult(True, outputs, dict(refs))
 
     async def _cancel_tasks(self, tasks: dict[asyncio.Task[Outcome], str]) -> None:
         for task in tasks:
@@ -664,8 +677,8 @@ class Execution:
 
         async def one(index: int, item: Any) -> ScopeResult:
             async with slots:
-                inner = Context(ctx.inputs, ctx.refs, item, index)
-                return await self.scope(loop.body, f"{rec.path}[{index}]", "", inner)
+                return await self.scope(loop.body, f"{rec.path}[{index}]", "",
+                                        ctx.nested(item=item, index=index))
 
         tasks = {asyncio.ensure_future(one(i, item)): i for i, item in enumerate(items)}
         results: dict[int, ScopeResult] = {}
@@ -686,7 +699,7 @@ class Execution:
         for index, item in enumerate(items):
             result = results[index]
             if loop.collect:
-                inner = Context(ctx.inputs, {**ctx.refs, **result.refs}, item, index)
+                inner = ctx.nested(result.refs, item=item, index=index)
                 collected.append(self.evaluate("loop.collect", loop.collect, inner))
             else:
                 collected.append(result.outputs)
@@ -735,9 +748,10 @@ class Execution:
 
     def arguments(self, field: str, args: Any, arg_expressions: Any, ctx: Context) -> dict[str, Any]:
         """Struct args (strings rendered as templates) overlaid with CEL arg_expressions."""
-        values = self.worker.static_value(args)
+        values, has_templates = self.worker.static_value(args)
         try:
-            rendered = templates.render_value(values, ctx.variables()) if values else {}
+            rendered = (templates.render_value(values, ctx.variables()) if has_templates
+                        else dict(values))
         except templates.TemplateError as exc:
             raise NodeFailure("TEMPLATE_ERROR", f"{field}.args: {exc}") from None
         for key, source in arg_expressions.items():

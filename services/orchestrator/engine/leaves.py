@@ -42,6 +42,8 @@ def schema_errors(schema: dict[str, Any] | None, value: Any) -> list[str]:
     if not schema:
         return []
     validator = _validator(json.dumps(schema, sort_keys=True))
+    if validator.is_valid(value):
+        return []
     found = []
     for error in sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path)):
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)

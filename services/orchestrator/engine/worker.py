@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from iceos.registry.v1 import blueprint_pb2
 
 from services.common import errors
+from services.common.blueprint.templates import is_template
 from services.common.db import Database
 from services.common.settings import Settings
 
@@ -34,6 +35,16 @@ if TYPE_CHECKING:
     from ..runs import Runs
 
 log = logging.getLogger(__name__)
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return is_template(value)
+    if isinstance(value, dict):
+        return any(_has_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_template(v) for v in value)
+    return False
 
 
 class Worker:
@@ -54,7 +65,7 @@ class Worker:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._organizations: dict[str, str] = {}
         self._specs: dict[tuple[str, str, int], blueprint_pb2.Blueprint] = {}
-        self._static: dict[int, tuple[Any, Any]] = {}
+        self._static: dict[int, tuple[Any, Any, bool]] = {}
         self._stopping = False
         self._started = False
 
@@ -125,18 +136,20 @@ class Worker:
             if not self._stopping:
                 self._claim_now.set()
 
-    def static_value(self, message: Any) -> Any:
-        """A Struct of the blueprint (tool args, …) as Python, converted once per message.
-        The cache keeps the message alive, so its id is not reused while cached."""
+    def static_value(self, message: Any) -> tuple[Any, bool]:
+        """A Struct of the blueprint (tool args, …) as Python, and whether any string in it is
+        a template; converted once per message. The cache keeps the message alive, so its id is
+        not reused while cached. Callers must not modify the value."""
         key = id(message)
         hit = self._static.get(key)
         if hit is not None and hit[0] is message:
-            return hit[1]
+            return hit[1], hit[2]
         value = json_format.MessageToDict(message) if message.fields else {}
+        has_templates = _has_template(value)
         if len(self._static) > 10_000:
             self._static.clear()
-        self._static[key] = (message, value)
-        return value
+        self._static[key] = (message, value, has_templates)
+        return value, has_templates
 
     def spec_of(self, row: dict[str, Any]) -> blueprint_pb2.Blueprint:
         key = (row["project_id"], row["blueprint_id"] or "", row["blueprint_version"] or 0)
