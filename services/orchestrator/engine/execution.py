@@ -404,6 +404,25 @@ class Execution:
                 started = True
                 while started:
                     started = False
+                    ready = [i for i in pending if all(d in results for d in deps[i])]
+                    if len(ready) == 1 and not tasks:
+                        # One node and nothing else running (a chain): run it in this task,
+                        # saving a task and a wait per node.
+                        node_id = ready[0]
+                        node = by_id[node_id]
+                        path = graph.run_path(prefix, segment, node_id)
+                        if not any(results[d].state == "SKIPPED" for d in deps[node_id]):
+                            pending.remove(node_id)
+                            outcome = await self.node(node, path, inner)
+                            results[node_id] = outcome
+                            refs[node_id] = outcome.ref()
+                            if outcome.state in ("FAILED", "TIMED_OUT") and \
+                                    node.on_error != blueprint_pb2.ON_ERROR_CONTINUE:
+                                error = dict(outcome.error or {})
+                                error.setdefault("node", path)
+                                return ScopeResult(False, {}, {}, error)
+                            started = True
+                            continue
                     for node_id in list(pending):
                         if not all(d in results for d in deps[node_id]):
                             continue

@@ -37,12 +37,17 @@ def _digest(request: ChatRequest) -> str:
 
 
 def _instance(schema: dict[str, Any], seed: str) -> Any:
-    """A value of the schema's shape, derived from `seed`."""
+    """A value of the schema's shape, derived from `seed`, within its bounds (minimum/maximum,
+    lengths, item counts, enums, constants)."""
+    pick = int(seed[:8], 16)
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
-        return schema["enum"][int(seed[:8], 16) % len(schema["enum"])]
-    kind = schema.get("type", "object")
+        return schema["enum"][pick % len(schema["enum"])]
+    for key in ("oneOf", "anyOf", "allOf"):
+        if schema.get(key):
+            return _instance(schema[key][0], seed)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
@@ -50,16 +55,31 @@ def _instance(schema: dict[str, Any], seed: str) -> Any:
         return {name: _instance(sub, hashlib.sha256((seed + name).encode()).hexdigest())
                 for name, sub in props.items()}
     if kind == "array":
-        return [_instance(schema.get("items") or {"type": "string"}, seed)]
-    if kind == "integer":
-        return int(seed[:8], 16) % 100
-    if kind == "number":
-        return (int(seed[:8], 16) % 10000) / 100
+        count = max(1, int(schema.get("minItems", 1)))
+        count = min(count, int(schema.get("maxItems", count)))
+        return [_instance(schema.get("items") or {"type": "string"},
+                          hashlib.sha256(f"{seed}{i}".encode()).hexdigest()) for i in range(count)]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
+        high = schema.get("maximum", schema.get("exclusiveMaximum", low + 100))
+        if "exclusiveMinimum" in schema and "minimum" not in schema:
+            low += 1 if kind == "integer" else 0.01
+        if "exclusiveMaximum" in schema and "maximum" not in schema:
+            high -= 1 if kind == "integer" else 0.01
+        if high < low:
+            high = low
+        if kind == "integer":
+            low, high = int(-(-low // 1)), int(high // 1)
+            return low + pick % (high - low + 1) if high >= low else low
+        return round(low + (pick % 10000) / 10000 * (high - low), 2)
     if kind == "boolean":
-        return int(seed[0], 16) % 2 == 0
+        return pick % 2 == 0
     if kind == "null":
         return None
-    return f"text-{seed[:8]}"
+    text = f"text-{seed[:8]}"
+    shortest, longest = int(schema.get("minLength", 0)), schema.get("maxLength")
+    text = (text * (1 + shortest // len(text)))[:max(len(text), shortest)]
+    return text[:int(longest)] if longest is not None else text
 
 
 class DeterministicProvider:
