@@ -167,6 +167,7 @@ class Execution:
         self._park_timer: asyncio.TimerHandle | None = None
         self._attempt_start: dict[tuple[str, int], datetime] = {}
         self._parked: dict[str, NodeRecord] = {}
+        self.finishing = False
 
     # -- events and records ---------------------------------------------------------------------
 
@@ -199,7 +200,10 @@ class Execution:
 
     def request_stop(self, reason: str) -> None:
         """CANCELLED | TIMED_OUT | PARK | LOST | SHUTDOWN. The first reason wins, except that a
-        cancel or the deadline overrides a park in progress."""
+        cancel or the deadline overrides a park in progress; once the run is writing its end,
+        only losing the lease or shutting down stop it."""
+        if self.finishing and reason not in ("LOST", "SHUTDOWN"):
+            return
         if self.stop_reason is not None and not (
                 self.stop_reason == "PARK" and reason in ("CANCELLED", "TIMED_OUT")):
             return
@@ -303,6 +307,7 @@ class Execution:
 
     async def _finish(self, state: str, *, output: Any = None,
                       error: dict[str, Any] | None = None, stopped: bool = False) -> None:
+        self.finishing = True
         payload: dict[str, Any] = {}
         if state == "SUCCEEDED":
             payload["output"] = output
@@ -347,31 +352,28 @@ class Execution:
     # -- waiting (human signals, child runs) and parking ------------------------------------------
 
     def begin_wait(self, rec: NodeRecord) -> None:
+        """The node sleeps until something outside changes (callers end the wait before they
+        look again, so a node that is working is never taken for a waiting one)."""
         self.active_waits[rec.path] = rec
-        self._check_park()
+        self._rearm_park()
 
     def end_wait(self, rec: NodeRecord) -> None:
         self.active_waits.pop(rec.path, None)
 
     def _busy(self, delta: int) -> None:
+        """Leaf nodes at work (executing or backing off between attempts)."""
         self.busy += delta
-        if delta > 0 and self._park_timer is not None:
+        self._rearm_park()
+
+    def _rearm_park(self) -> None:
+        """Park only after `park_after_s` with no leaf at work and some node waiting: every
+        change restarts the clock."""
+        if self._park_timer is not None:
             self._park_timer.cancel()
             self._park_timer = None
-        elif delta < 0:
-            self._check_park()
-
-    def _check_park(self) -> None:
-        if self.busy == 0 and self.active_waits and self._park_timer is None:
+        if self.busy == 0 and self.active_waits and self.stop_reason is None:
             self._park_timer = asyncio.get_running_loop().call_later(
                 self.config.park_after_s, self._park_if_idle)
-
-    def _park_if_idle(self) -> None:
-        self._park_timer = None
-        if self.busy == 0 and self.active_waits:
-            # The waiting nodes' tasks end with the park: remember what they wait for.
-            self._parked = dict(self.active_waits)
-            self.request_stop("PARK")
 
     async def wait_for_change(self, until: datetime | None, *, at_most: float = 5.0) -> None:
         """Sleep until poked, `until`, or `at_most` seconds (a safety re-check)."""
@@ -600,7 +602,11 @@ class Execution:
             self.stage(rec)
             self.emit("NODE_RETRYING", rec.path, {"attempt": rec.attempt, "delay_s": delay,
                                                   "error": rec.error})
-            await asyncio.sleep(delay)
+            self._busy(+1)  # backing off is work in progress, not waiting: no parking
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._busy(-1)
             rec.attempt += 1
 
     @staticmethod

@@ -60,21 +60,21 @@ async def human(ex: "Execution", node: blueprint_pb2.Node, rec: "NodeRecord",
             payload["input_schema"] = json_format.MessageToDict(spec.input_schema)
         await _begin(ex, node, rec, payload)
         await ex.commit()  # SignalRun accepts answers only for nodes WAITING in Postgres
-    ex.begin_wait(rec)
-    try:
-        while True:
-            signal = await ex.worker.signal(ex.run_id, rec.path)
-            if signal is not None:
-                ex.emit("NODE_SIGNALLED", rec.path, {
-                    "decision": signal["decision"], "comment": signal["comment"],
-                    "actor": signal["actor"]})
-                return await _decide(ex, rec, signal["decision"], signal["input"],
-                                     signal["comment"], signal["actor"])
-            if rec.wake_at is not None and _now() >= rec.wake_at:
-                return await _timed_out(ex, spec, rec)
+    while True:
+        signal = await ex.worker.signal(ex.run_id, rec.path)
+        if signal is not None:
+            ex.emit("NODE_SIGNALLED", rec.path, {
+                "decision": signal["decision"], "comment": signal["comment"],
+                "actor": signal["actor"]})
+            return await _decide(ex, rec, signal["decision"], signal["input"],
+                                 signal["comment"], signal["actor"])
+        if rec.wake_at is not None and _now() >= rec.wake_at:
+            return await _timed_out(ex, spec, rec)
+        ex.begin_wait(rec)
+        try:
             await ex.wait_for_change(rec.wake_at)
-    finally:
-        ex.end_wait(rec)
+        finally:
+            ex.end_wait(rec)
 
 
 async def _decide(ex: "Execution", rec: "NodeRecord", decision: str, value: Any, comment: str,
@@ -115,7 +115,6 @@ async def workflow(ex: "Execution", node: blueprint_pb2.Node, rec: "NodeRecord",
     if first:
         await _begin(ex, node, rec, {"child_run": f"projects/{ex.project_id}/runs/{child}"})
         await ex.commit()
-    ex.begin_wait(rec)
     try:
         with worker.notifier.watch(child) as watch:
             while True:
@@ -126,13 +125,15 @@ async def workflow(ex: "Execution", node: blueprint_pb2.Node, rec: "NodeRecord",
                     await worker.cancel_run(child, "the workflow node timed out")
                     raise NodeFailure("TIMEOUT", "the child run did not finish within the "
                                                  "node's timeout", timed_out=True)
-                await _either(ex, watch, rec.wake_at)
+                ex.begin_wait(rec)
+                try:
+                    await _either(ex, watch, rec.wake_at)
+                finally:
+                    ex.end_wait(rec)
     except asyncio.CancelledError:
         if ex.stop_reason is None:  # the node itself was cancelled (a container decided)
             worker.spawn(worker.cancel_run(child, "the parent node was cancelled"))
         raise
-    finally:
-        ex.end_wait(rec)
 
 
 async def _either(ex: "Execution", watch: Any, until: Any) -> None:
