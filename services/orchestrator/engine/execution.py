@@ -375,6 +375,13 @@ class Execution:
             self._park_timer = asyncio.get_running_loop().call_later(
                 self.config.park_after_s, self._park_if_idle)
 
+    def _park_if_idle(self) -> None:
+        self._park_timer = None
+        if self.busy == 0 and self.active_waits:
+            # The waiting nodes' tasks end with the park: remember what they wait for.
+            self._parked = dict(self.active_waits)
+            self.request_stop("PARK")
+
     async def wait_for_change(self, until: datetime | None, *, at_most: float = 5.0) -> None:
         """Sleep until poked, `until`, or `at_most` seconds (a safety re-check)."""
         delay = at_most
