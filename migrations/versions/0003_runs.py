@@ -55,6 +55,12 @@ def upgrade() -> None:
         end_time           timestamptz,
         update_time        timestamptz NOT NULL DEFAULT now()
     );
+    -- A run row is updated with every checkpoint batch: keep the blueprint snapshot and the
+    -- inputs out of line (uncompressed) so an update copies a small row, not the blueprint.
+    ALTER TABLE runs ALTER COLUMN spec SET STORAGE EXTERNAL,
+                     ALTER COLUMN inputs SET STORAGE EXTERNAL,
+                     ALTER COLUMN pins SET STORAGE EXTERNAL,
+                     SET (toast_tuple_target = 256, fillfactor = 80);
     CREATE UNIQUE INDEX runs_request_id ON runs (project_id, request_id)
         WHERE request_id IS NOT NULL;
     CREATE INDEX runs_list ON runs (project_id, create_time DESC, id);

@@ -278,7 +278,6 @@ WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
     start_time = COALESCE(n.start_time, EXCLUDED.start_time), end_time = EXCLUDED.end_time,
     update_time = now()
   WHERE n.state NOT IN ('SUCCEEDED', 'FAILED', 'SKIPPED', 'TIMED_OUT')
-  RETURNING 1
 ), attempts AS (
   INSERT INTO node_attempts AS a (run_id, path, attempt, idempotency_key, worker_id, outcome,
                                   start_time, end_time)
@@ -290,7 +289,6 @@ WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
   ON CONFLICT (run_id, path, attempt) DO UPDATE SET
     outcome = EXCLUDED.outcome, end_time = EXCLUDED.end_time, worker_id = EXCLUDED.worker_id
   WHERE a.outcome IS NULL
-  RETURNING 1
 ), events AS (
   INSERT INTO run_events (run_id, seq, type, node, payload, time)
   SELECT x.run_id, x.seq, x.type, x.node, x.payload, x.time
@@ -298,7 +296,6 @@ WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
          run_id text, seq bigint, type text, node text, payload jsonb, time timestamptz)
   WHERE x.run_id IN (SELECT id FROM owned)
   ON CONFLICT (run_id, seq) DO NOTHING
-  RETURNING 1
 )
 SELECT id FROM owned
 """

@@ -43,7 +43,7 @@ def iso(value: datetime | None) -> str | None:
 @dataclass
 class _RunBatch:
     claim: int
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nodes: dict[str, Any] = field(default_factory=dict)
     attempts: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     run: dict[str, Any] | None = None
@@ -85,13 +85,11 @@ class CheckpointWriter:
             self._dirty.set()
         return batch
 
-    def node(self, run_id: str, claim: int, record: dict[str, Any]) -> None:
-        """Stage a node's full record (the latest staged record of a path wins)."""
-        batch = self._batch(run_id, claim)
-        previous = batch.nodes.get(record["path"])
-        if previous is not None and previous.get("start_time") and not record.get("start_time"):
-            record = {**record, "start_time": previous["start_time"]}
-        batch.nodes[record["path"]] = record
+    def node(self, run_id: str, claim: int, record: Any) -> None:
+        """Stage a node's record: an object with `path` and `to_json()`, serialized when the
+        batch is written, so a node staged twice before a commit is written once, as it is
+        then."""
+        self._batch(run_id, claim).nodes[record.path] = record
 
     def attempt(self, run_id: str, claim: int, record: dict[str, Any]) -> None:
         batch = self._batch(run_id, claim)
@@ -170,7 +168,7 @@ class CheckpointWriter:
 
     async def _write(self, batches: dict[str, _RunBatch]) -> set[str]:
         payload = {
-            "nodes": [{"run_id": run_id, **record} for run_id, b in batches.items()
+            "nodes": [{"run_id": run_id, **record.to_json()} for run_id, b in batches.items()
                       for record in b.nodes.values()],
             "attempts": [{"run_id": run_id, **record} for run_id, b in batches.items()
                          for record in b.attempts.values()],

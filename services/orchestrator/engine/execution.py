@@ -176,7 +176,7 @@ class Execution:
         self.writer.event(self.run_id, self.claim, self.seq, kind, node, payload or {}, now())
 
     def stage(self, rec: NodeRecord) -> None:
-        self.writer.node(self.run_id, self.claim, rec.to_json())
+        self.writer.node(self.run_id, self.claim, rec)
 
     def stage_attempt(self, rec: NodeRecord, outcome: str | None = None) -> None:
         key = (rec.path, rec.attempt)

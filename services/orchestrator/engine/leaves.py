@@ -54,12 +54,13 @@ def schema_errors(schema: dict[str, Any] | None, value: Any) -> list[str]:
 # -- tools ------------------------------------------------------------------------------------
 
 async def call_tool(ex: "Execution", component: Component, args: dict[str, Any], key: str,
-                    timeout_s: float) -> Any:
-    """Run a tool component with arguments; the idempotency key reaches the tool."""
+                    timeout_s: float, *, checked: bool = False) -> Any:
+    """Run a tool component with arguments; the idempotency key reaches the tool. `checked`:
+    these exact arguments were validated against this component before."""
     if component.kind != "tool":
         raise NodeFailure("WRONG_COMPONENT_KIND", f"{component.ref} is a {component.kind}, "
                                                   "not a tool")
-    problems = schema_errors(component.input_schema, args)
+    problems = [] if checked else schema_errors(component.input_schema, args)
     if problems:
         raise NodeFailure("BAD_ARGUMENTS", f"arguments of {component.ref} do not match its "
                                            f"input schema: {'; '.join(problems[:5])}")
@@ -128,7 +129,14 @@ async def tool(ex: "Execution", node: blueprint_pb2.Node, rec: "NodeRecord",
                ctx: "Context") -> Any:
     component = await _component(ex, node.tool.component, node.tool.version)
     args = ex.arguments("tool", node.tool.args, node.tool.arg_expressions, ctx)
-    return await call_tool(ex, component, args, ex.idempotency_key(rec), ex.timeout_of(node))
+    # Arguments fixed in the blueprint (no templates, no expressions) are validated once.
+    static = not node.tool.arg_expressions and not ex.worker.static_value(node.tool.args)[1]
+    checked = static and ex.worker.args_checked(node.tool.args, component)
+    output = await call_tool(ex, component, args, ex.idempotency_key(rec), ex.timeout_of(node),
+                             checked=checked)
+    if static and not checked:
+        ex.worker.remember_checked(node.tool.args, component)
+    return output
 
 
 async def code(ex: "Execution", node: blueprint_pb2.Node, rec: "NodeRecord",

@@ -66,6 +66,7 @@ class Worker:
         self._organizations: dict[str, str] = {}
         self._specs: dict[tuple[str, str, int], blueprint_pb2.Blueprint] = {}
         self._static: dict[int, tuple[Any, Any, bool]] = {}
+        self._checked: dict[tuple[int, str, int], Any] = {}
         self._stopping = False
         self._started = False
 
@@ -150,6 +151,17 @@ class Worker:
             self._static.clear()
         self._static[key] = (message, value, has_templates)
         return value, has_templates
+
+    def args_checked(self, message: Any, component: Component) -> bool:
+        hit = self._checked.get((id(message), component.ref, component.version))
+        return hit is not None and hit is message
+
+    def remember_checked(self, message: Any, component: Component) -> None:
+        """These blueprint-fixed arguments satisfied this component version's schema (a tool
+        that ran with them got past validation)."""
+        if len(self._checked) > 10_000:
+            self._checked.clear()
+        self._checked[(id(message), component.ref, component.version)] = message
 
     def spec_of(self, row: dict[str, Any]) -> blueprint_pb2.Blueprint:
         key = (row["project_id"], row["blueprint_id"] or "", row["blueprint_version"] or 0)
