@@ -11,8 +11,22 @@ from services.common.convert import dict_to_struct, timestamp
 
 
 def value(data: Any) -> struct_pb2.Value:
+    """A JSON value as google.protobuf.Value (Struct.update is much faster than ParseDict)."""
     out = struct_pb2.Value()
-    json_format.ParseDict(data, out)
+    if data is None:
+        out.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(data, bool):
+        out.bool_value = data
+    elif isinstance(data, (int, float)):
+        out.number_value = data
+    elif isinstance(data, str):
+        out.string_value = data
+    elif isinstance(data, dict):
+        out.struct_value.update(data)
+    elif isinstance(data, list):
+        out.list_value.extend(data)
+    else:
+        json_format.ParseDict(data, out)
     return out
 
 
