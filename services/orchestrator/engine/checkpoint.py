@@ -208,7 +208,10 @@ class CheckpointWriter:
         pool's per-checkout health query halves the round trips of a commit."""
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = await psycopg.AsyncConnection.connect(
-                self.db.url, autocommit=True, row_factory=dict_row, connect_timeout=5)
+                self.db.url, autocommit=True, row_factory=dict_row, connect_timeout=5,
+                prepare_threshold=0)
+            # One statement, run thousands of times: plan it once.
+            await self._conn.execute("SET plan_cache_mode = force_generic_plan")
         return self._conn
 
     async def _drop_connection(self) -> None:
