@@ -194,7 +194,12 @@ class Execution:
         return f"{self.run_id}/{rec.path}/{rec.attempt}"
 
     async def commit(self) -> None:
-        await self.writer.flush(self.run_id)
+        try:
+            await self.writer.flush(self.run_id)
+        except LeaseLost:
+            # Another worker has the run: unwind without staging anything more.
+            self.stop_reason = self.stop_reason or "LOST"
+            raise
 
     # -- control from the worker ------------------------------------------------------------------
 
@@ -306,7 +311,7 @@ class Execution:
         await self._finish("SUCCEEDED", output=output)
 
     async def _finish(self, state: str, *, output: Any = None,
-                      error: dict[str, Any] | None = None, stopped: bool = False) -> None:
+                      error: dict[str, Any] | None = None) -> None:
         self.finishing = True
         payload: dict[str, Any] = {}
         if state == "SUCCEEDED":
