@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto proto-check proto-breaking run test migrate-sql bench bench-registry bench-runs clean
+.PHONY: help setup proto proto-check proto-breaking run test migrate-sql bench bench-registry bench-sandbox bench-runs clean
 
 help:
 	@echo "make setup        create .venv and install iceos, iceos-proto and iceos-client (editable)"
@@ -16,8 +16,10 @@ help:
 	@echo "make proto-check  buf lint + format check + fail if regeneration changes gen/"
 	@echo "make proto-breaking  buf breaking against main (BASE=<ref> to choose)"
 	@echo "make migrate-sql  print the migrations as SQL for a DBA (Alembic offline mode)"
+	@echo "make bench-edge   edge overhead: latency and throughput, direct vs through Envoy"
 	@echo "make bench        run the benchmarks in bench/ (tables + JSON in bench/results/)"
 	@echo "make bench-registry  blueprint validation time by size; Get/List latency and throughput"
+	@echo "make bench-sandbox  sandbox latency and throughput (bench/results/sandbox.json)"
 	@echo "make bench-runs   the run engine against asyncio, DBOS and LangGraph (bench/runs)"
 
 $(STAMP): pyproject.toml gen/python/pyproject.toml clients/python/pyproject.toml
@@ -62,11 +64,18 @@ test: $(STAMP)
 migrate-sql: $(STAMP)
 	@$(BIN)/python -m services.common.migrate --sql
 
+.PHONY: bench-edge
+bench-edge: $(STAMP)
+	$(BIN)/python -m bench edge
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 bench-registry: $(STAMP)
 	$(BIN)/python -m bench registry
+
+bench-sandbox: $(STAMP)
+	$(BIN)/python -m bench sandbox
 
 bench-runs: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

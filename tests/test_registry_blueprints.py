@@ -10,6 +10,7 @@ from iceos.registry.v1 import blueprint_pb2, registry_pb2
 
 from services.common.principal import Role
 from tests.conftest import db_execute
+from tests.support.processes import wait_for
 from tests.support.registry import blueprint, error_reason, hello, http, stub, violations
 
 
@@ -281,10 +282,15 @@ def test_roles_audit_and_tenant_isolation(stack, tenant, other_tenant) -> None: 
         # The other tenant's own list does not show it.
         assert list(s.ListBlueprints(registry_pb2.ListBlueprintsRequest(
             parent=other_tenant.parent), metadata=other_tenant.md()).blueprints) == []
-    audit = db_execute(stack.database_url,
-                       "SELECT method, resource, outcome, actor FROM audit_log"
-                       " WHERE project_id = %s ORDER BY id", (tenant.project_id,))
-    writes = [(a["method"].rsplit("/", 1)[1], a["outcome"]) for a in audit]
+    def audited() -> list[tuple[str, str]] | None:  # rows land just after each response
+        rows = db_execute(stack.database_url,
+                          "SELECT method, resource, outcome, actor FROM audit_log"
+                          " WHERE project_id = %s ORDER BY id", (tenant.project_id,))
+        found = [(a["method"].rsplit("/", 1)[1], a["outcome"]) for a in rows]
+        return found if ("CreateBlueprint", "OK") in found and \
+            ("CreateBlueprint", "PERMISSION_DENIED") in found else None
+
+    writes = wait_for(audited, 10, what="the audit rows")
     assert ("CreateBlueprint", "PERMISSION_DENIED") in writes
     assert ("CreateBlueprint", "OK") in writes
     assert not any(m.startswith("Get") or m.startswith("List") for m, _ in writes)

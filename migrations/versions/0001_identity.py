@@ -71,11 +71,20 @@ def upgrade() -> None:
         details          jsonb NOT NULL DEFAULT '{}'
     );
     CREATE INDEX audit_log_project_time ON audit_log (project_id, time);
+
+    -- Keys this installation generated for itself (the page-token HMAC key when
+    -- ICEOS_SECRET_KEY is not set), shared by every replica through the database.
+    CREATE TABLE instance_keys (
+        name         text PRIMARY KEY,
+        key          bytea NOT NULL,
+        create_time  timestamptz NOT NULL DEFAULT now()
+    );
     """)
 
 
 def downgrade() -> None:
     op.execute("""
+    DROP TABLE instance_keys;
     DROP TABLE audit_log;
     DROP TABLE api_tokens;
     DROP TABLE projects;

@@ -1,8 +1,10 @@
 """Token authentication and project scoping, shared by every service.
 
 Each service authenticates every call itself (the edge is not the only lock). Verified tokens are
-cached for `auth_cache_ttl_s` (default 2 s): that is the bound on how long a revoked or expired
-token keeps working anywhere (documented as "within 5 seconds").
+cached for `auth_cache_ttl_s` (ICEOS_AUTH_CACHE_TTL_S, default 2 s, never more than 5 s): that is
+the bound on how long a revoked token keeps working anywhere. The edge reuses a Check verdict
+only for what is left of the registry's cache entry (`Verdict.reusable_s`), so it adds nothing
+to the bound (docs/security.md). Expiry is checked on every call, cached or not.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from . import errors, service_auth, tokens
@@ -20,6 +23,16 @@ log = logging.getLogger(__name__)
 
 # last_use_time is advisory; writing it on every call would turn each read into a write.
 _LAST_USE_WRITE_INTERVAL_S = 60.0
+# The documented revocation bound: no setting may make a cached verdict live longer.
+MAX_CACHE_TTL_S = 5.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    principal: Principal
+    # How much longer this verdict may be reused without asking Postgres again: the rest of its
+    # cache entry, never past the token's expiry. 0 for tokens that are not cached.
+    reusable_s: float
 
 
 class Authenticator:
@@ -32,6 +45,7 @@ class Authenticator:
         self._projects: dict[str, tuple[float, str | None]] = {}
         self._last_use_written: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.cache_ttl_s = min(max(self.cache_ttl_s, 0.0), MAX_CACHE_TTL_S)
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The principal for an `authorization` header value, or Unauthenticated saying why."""
@@ -51,6 +65,17 @@ class Authenticator:
             raise errors.Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
         self._note_use(principal.token_id, now)
         return principal
+
+    async def verify(self, authorization: str | None) -> Verdict:
+        """`authenticate`, also saying how long the answer may be reused (the edge's ext_authz
+        verdict cache)."""
+        principal = await self.authenticate(authorization)
+        cached = self._tokens.get(parse_bearer(authorization))
+        reusable = cached[0] - time.monotonic() if cached and cached[1] is principal else 0.0
+        if principal.expire_time:
+            left = (principal.expire_time - datetime.now(timezone.utc)).total_seconds()
+            reusable = min(reusable, left)
+        return Verdict(principal, max(reusable, 0.0))
 
     async def _load(self, secret: str) -> Principal:
         async with self.db.connection() as conn:
@@ -88,6 +113,10 @@ class Authenticator:
             self._tokens.clear()
         else:
             self._tokens.pop(secret, None)
+
+    def forget_token(self, token_id: str) -> None:
+        """Drop a token's cached verdict in this process (after revoking it here)."""
+        self._tokens = {k: v for k, v in self._tokens.items() if v[1].token_id != token_id}
 
     async def check_project(self, principal: Principal, project_id: str) -> None:
         """NOT_FOUND unless the principal may see the project (names of other tenants' projects

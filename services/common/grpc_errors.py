@@ -64,3 +64,44 @@ def internal_status(request_id: str) -> grpc.Status:
 
 def unavailable_status(message: str) -> grpc.Status:
     return to_status(errors.Unavailable(message))
+
+
+_ERRORS_BY_CODE = {code: cls for cls, code, _ in _CODES}
+
+
+def from_rpc_error(exc: grpc.RpcError) -> errors.IceError:
+    """The domain error for a failed call to another iceOS service: the inverse of to_status,
+    keeping the reason, metadata and field violations. Codes without a domain error (INTERNAL,
+    UNKNOWN, …) become a plain IceError with reason INTERNAL."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+    message = (exc.details() if hasattr(exc, "details") else None) or str(code)  # type: ignore[attr-defined]
+    reason: str | None = None
+    metadata: dict[str, str] = {}
+    violations: list[errors.FieldViolation] = []
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None  # type: ignore[attr-defined]
+    for key, value in trailing or ():
+        if key != "grpc-status-details-bin":
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except Exception:  # noqa: BLE001 - malformed details: keep code and message
+            break
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason or None, dict(info.metadata)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                violations = [errors.FieldViolation(v.field, v.description, v.reason)
+                              for v in bad.field_violations]
+    cls = _ERRORS_BY_CODE.get(code)
+    if cls is None:
+        if code == grpc.StatusCode.CANCELLED:
+            cls = errors.Unavailable
+        else:
+            return errors.IceError(message, reason=reason or "INTERNAL", metadata=metadata)
+    if cls is errors.InvalidArgument:
+        return errors.InvalidArgument(message, violations, reason=reason, metadata=metadata)
+    return cls(message, reason=reason, metadata=metadata)

@@ -17,12 +17,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pool
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from iceos.auth.v1 import access_pb2
 from prometheus_client import Counter, Histogram
 
-from . import errors, grpc_errors, logs
+from . import errors, grpc_errors, logs, wire
 from .auth import Authenticator
 from .db import Database
 from .principal import Principal, Role, reset_current, set_current
@@ -45,10 +47,13 @@ RPC_SECONDS = Histogram("iceos_rpc_seconds", "RPC latency", ["method"],
 
 
 class AccessRules:
-    """Reads and caches each method's AccessRule from the descriptor pool."""
+    """Reads and caches each method's AccessRule from the descriptor pool, and whether the
+    method writes (audited): its HTTP binding is not a GET and its rule does not say
+    read_only, or, without a binding, it needs the editor role or more."""
 
     def __init__(self) -> None:
         self._cache: dict[str, access_pb2.AccessRule | None] = {}
+        self._writes: dict[str, bool] = {}
 
     def get(self, method: str) -> access_pb2.AccessRule | None:
         if method not in self._cache:
@@ -57,10 +62,31 @@ class AccessRules:
                 options = descriptor_pool.Default().FindMethodByName(full).GetOptions()
             except KeyError:
                 self._cache[method] = None
+                self._writes[method] = True
             else:
                 has = options.HasExtension(access_pb2.access)
-                self._cache[method] = options.Extensions[access_pb2.access] if has else None
+                rule = options.Extensions[access_pb2.access] if has else None
+                self._cache[method] = rule
+                if rule is not None and rule.read_only:
+                    self._writes[method] = False
+                elif options.HasExtension(annotations_pb2.http):
+                    verb = options.Extensions[annotations_pb2.http].WhichOneof("pattern")
+                    self._writes[method] = verb != "get"
+                else:
+                    self._writes[method] = rule is None or rule.role >= access_pb2.ROLE_EDITOR
         return self._cache[method]
+
+    def input_type(self, method: str) -> Descriptor | None:
+        """The declared request message of `method`, if the descriptor pool knows it."""
+        try:
+            full = method.lstrip("/").replace("/", ".")
+            return descriptor_pool.Default().FindMethodByName(full).input_type
+        except KeyError:
+            return None
+
+    def writes(self, method: str) -> bool:
+        self.get(method)
+        return self._writes[method]
 
 
 def resource_names(request: Message) -> list[tuple[str, str]]:
@@ -92,25 +118,44 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self.authenticator = authenticator
         self.db = db
         self.rules = AccessRules()
+        # Audit inserts run after the response is sent (they are not part of the caller's
+        # latency); shutdown waits for them (drain_audit) so a graceful stop loses none.
+        self._audit_tasks: set[asyncio.Task[None]] = set()
+
+    def audit_later(self, write: Any) -> None:
+        task = asyncio.get_running_loop().create_task(write)
+        self._audit_tasks.add(task)
+        task.add_done_callback(self._audit_tasks.discard)
+
+    async def drain_audit(self) -> None:
+        while self._audit_tasks:
+            await asyncio.gather(*list(self._audit_tasks), return_exceptions=True)
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         method: str = handler_call_details.method
-        metadata = dict(handler_call_details.invocation_metadata or ())
         exempt = method.startswith(EXEMPT_PREFIXES)
+        implemented = handler is not None
+        if handler is None:
+            if exempt:
+                return None
+            # A method this server does not implement still authenticates and checks its
+            # declared rule first: an anonymous caller learns nothing, not even which methods
+            # exist here (fail closed). Then UNIMPLEMENTED.
+            handler = _unimplemented(method)
+        metadata = dict(handler_call_details.invocation_metadata or ())
         rule = None if exempt else self.rules.get(method)
-        call = _Call(self, method, metadata, exempt, rule)
+        # The call parses the request itself (after authentication), so that bytes which are
+        # not the declared message are INVALID_ARGUMENT, not gRPC's own INTERNAL.
+        call = _Call(self, method, metadata, exempt, rule, handler.request_deserializer)
+        call.implemented = implemented
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 call.wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 call.wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         # Client-streaming methods: none of ours today; health and reflection only.
         if not exempt:
@@ -124,8 +169,11 @@ class _Call:
     """The per-call state of the interceptor."""
 
     def __init__(self, owner: ServiceInterceptor, method: str, metadata: dict[str, Any],
-                 exempt: bool, rule: access_pb2.AccessRule | None) -> None:
+                 exempt: bool, rule: access_pb2.AccessRule | None,
+                 parse: Callable[[bytes], Any] | None = None) -> None:
         self.owner = owner
+        self.parse = parse
+        self.implemented = True
         self.method = method
         self.metadata = metadata
         self.exempt = exempt
@@ -134,30 +182,55 @@ class _Call:
         self.principal: Principal | None = None
         self.resource = ""
         self.project: str | None = None
+        # Name of the resource a write returned (e.g. the token CreateToken minted).
+        self.result = ""
 
-    async def _authorize(self, request: Message) -> Principal | None:
-        if self.exempt:
-            return None
-        rule = self.rule
-        if rule is None or (rule.role == access_pb2.ROLE_UNSPECIFIED and not rule.public):
-            raise errors.PermissionDenied(f"{self.method} declares no access rule",
-                                          reason="NO_ACCESS_RULE")
-        if rule.public:
-            return None
-        if self.owner.authenticator is None:
-            raise errors.Unavailable("authentication is not available")
-        principal = await self.owner.authenticator.authenticate(self.metadata.get("authorization"))
-        self.principal = principal
-        principal.require(Role(rule.role))
-        if rule.organization_scope and not principal.organization_wide:
-            raise errors.PermissionDenied("this call needs an organization-wide token",
-                                          reason="ORGANIZATION_SCOPE_REQUIRED")
+    def _parsed(self, raw: Any) -> Any:
+        if self.parse is None or not isinstance(raw, bytes):
+            return raw
+        try:
+            return self.parse(raw)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the caller's input
+            declared = self.owner.rules.input_type(self.method)
+            if declared is not None:
+                raise wire.diagnose(declared, raw, exc) from None
+            raise errors.InvalidArgument(
+                f"the request body is not a valid message for {self.method}",
+                reason="MALFORMED_REQUEST") from None
+
+    async def _admit(self, raw: Any) -> tuple[Principal | None, Any]:
+        """Authenticate, check the declared rule, parse, check the named projects: the
+        principal (None for exempt and public methods) and the parsed request."""
+        if self.exempt or (self.rule is not None and self.rule.public):
+            return None, self._parsed(raw)
+        principal = await self._authenticate()
+        request = self._parsed(raw)
+        if not isinstance(request, Message):  # a method in no contract: nothing to scope
+            return principal, request
         for field, value in resource_names(request):
             self.resource = self.resource or value
             project = project_in(value)
             if project is not None:
                 self.project = self.project or project
-                await self.owner.authenticator.check_project(principal, project)
+                await self.owner.authenticator.check_project(principal, project)  # type: ignore[union-attr]
+        return principal, request
+
+    async def _authenticate(self) -> Principal:
+        rule = self.rule
+        if self.owner.authenticator is None:
+            raise errors.Unavailable("authentication is not available")
+        # Who first, then what: an anonymous caller gets UNAUTHENTICATED whatever it called.
+        principal = await self.owner.authenticator.authenticate(self.metadata.get("authorization"))
+        self.principal = principal
+        if rule is None and not self.implemented:
+            return principal  # in no contract: the handler answers UNIMPLEMENTED
+        if rule is None or rule.role == access_pb2.ROLE_UNSPECIFIED:
+            raise errors.PermissionDenied(f"{self.method} declares no access rule",
+                                          reason="NO_ACCESS_RULE")
+        principal.require(Role(rule.role))
+        if rule.organization_scope and not principal.organization_wide:
+            raise errors.PermissionDenied("this call needs an organization-wide token",
+                                          reason="ORGANIZATION_SCOPE_REQUIRED")
         return principal
 
     def _enter(self) -> tuple[Any, float]:
@@ -181,9 +254,10 @@ class _Call:
         # Health checks arrive every second from the edge: keep them out of INFO logs.
         log.log(logging.DEBUG if self.exempt else logging.INFO, "rpc",
                 extra={"method": self.method, "code": code, "ms": round(elapsed * 1000, 3)})
-        if (self.principal is not None and self.rule is not None
-                and self.rule.role >= access_pb2.ROLE_EDITOR and self.owner.db is not None):
-            await self._audit(code)
+        # Every write by an authenticated caller, whatever its outcome (denied ones included).
+        if (self.principal is not None and self.owner.db is not None
+                and self.owner.rules.writes(self.method)):
+            self.owner.audit_later(self._audit(code))
 
     async def _audit(self, code: str) -> None:
         principal = self.principal
@@ -195,19 +269,23 @@ class _Call:
                     " outcome, request_id, details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                     (principal.organization_id, self.project or principal.project_id,
                      principal.token_name, self.method, self.resource, code, self.request_id,
-                     json.dumps({})))
+                     json.dumps({"result": self.result} if self.result else {})))
         except Exception:
             log.error("could not write the audit record for %s", self.method, exc_info=True)
 
     def wrap_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def unary(request: Message, context: grpc.aio.ServicerContext) -> Any:
+        async def unary(raw: Any, context: grpc.aio.ServicerContext) -> Any:
             rid_token, started = self._enter()
             code = "OK"
             principal_token = None
             try:
-                principal_token = set_current(await self._authorize(request))
+                principal, request = await self._admit(raw)
+                principal_token = set_current(principal)
                 context.set_trailing_metadata((("x-request-id", self.request_id),))
-                return await behavior(request, context)
+                response = await behavior(request, context)
+                result = getattr(response, "name", "")
+                self.result = result if isinstance(result, str) else ""
+                return response
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 code = "ABORTED_BY_HANDLER"
                 raise
@@ -223,12 +301,13 @@ class _Call:
         return unary
 
     def wrap_stream(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def stream(request: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             rid_token, started = self._enter()
             code = "OK"
             principal_token = None
             try:
-                principal_token = set_current(await self._authorize(request))
+                principal, request = await self._admit(raw)
+                principal_token = set_current(principal)
                 async for item in behavior(request, context):
                     yield item
             except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -244,6 +323,27 @@ class _Call:
                 logs.request_id_var.reset(rid_token)
 
         return stream
+
+
+def _unimplemented(method: str) -> grpc.RpcMethodHandler:
+    """A handler for a method this server lacks, shaped like the contract's declaration when
+    there is one (so the request's resource names can still be checked)."""
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented here")
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await refuse(request, context)
+        yield  # pragma: no cover - abort raises
+
+    try:
+        declared = descriptor_pool.Default().FindMethodByName(
+            method.lstrip("/").replace("/", "."))
+    except KeyError:
+        return grpc.unary_unary_rpc_method_handler(refuse)
+    parse = message_factory.GetMessageClass(declared.input_type).FromString
+    if declared.server_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, request_deserializer=parse)
+    return grpc.unary_unary_rpc_method_handler(refuse, request_deserializer=parse)
 
 
 def _code_name(exc: BaseException) -> str:

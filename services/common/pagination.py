@@ -68,3 +68,20 @@ def page_size(requested: int, *, default: int = DEFAULT_PAGE_SIZE,
 
 def scope_for(kind: str, parent: str, filter_text: str = "") -> str:
     return f"{kind}:{parent}:{hashlib.sha256(filter_text.encode()).hexdigest()[:16]}"
+
+
+async def load_key(db: Any) -> None:
+    """Without a configured key (ICEOS_SERVICE_KEY / ICEOS_SECRET_KEY, see `configure`), sign
+    with a random key this database keeps for itself (table `instance_keys`, made once), so every
+    replica agrees and no installation signs with the well-known default. Called once the schema
+    is ready (services/common/server.py)."""
+    if _key != b"iceos-page-tokens":  # configure() set one
+        return
+    import secrets
+    async with db.connection() as conn:
+        await conn.execute(
+            "INSERT INTO instance_keys (name, key) VALUES ('page_token', %s) "
+            "ON CONFLICT DO NOTHING", (secrets.token_bytes(32),))
+        row = await (await conn.execute(
+            "SELECT key FROM instance_keys WHERE name = 'page_token'")).fetchone()
+    configure(bytes(row["key"]))

@@ -115,8 +115,9 @@ async def serve(spec: ServiceSpec, settings: Settings | None = None) -> int:
     runtime = Runtime(settings=settings, db=db, redis=connect_redis(settings.redis_url),
                       authenticator=Authenticator(db, settings.auth_cache_ttl_s,
                                                   settings.service_key))
+    interceptor = ServiceInterceptor(runtime.authenticator, db)
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(runtime.authenticator, db)],
+        interceptors=[interceptor],
         options=server_options(),
         maximum_concurrent_rpcs=None,
     )
@@ -165,6 +166,10 @@ async def serve(spec: ServiceSpec, settings: Settings | None = None) -> int:
         await _prepare_schema(settings, runtime)
         tasks.append(asyncio.create_task(watch_readiness(db, head, set_health)))
         await runtime.ready.wait()
+        try:
+            await pagination.load_key(db)
+        except Exception:  # noqa: BLE001 - page tokens then use the default key
+            log.warning("could not load the page-token key", exc_info=True)
         for work in spec.background:
             tasks.append(asyncio.create_task(work(runtime)))
 
@@ -179,6 +184,7 @@ async def serve(spec: ServiceSpec, settings: Settings | None = None) -> int:
         task.cancel()
     await asyncio.gather(boot, *tasks, return_exceptions=True)
     await server.stop(settings.shutdown_grace_s)
+    await interceptor.drain_audit()
     if spec.on_stop is not None:
         await spec.on_stop(runtime)
     if runtime.redis is not None:

@@ -95,6 +95,9 @@ class SandboxLimits:
     timeout_s: float = 30.0
     memory_mb: int = 512
     cpu_s: float = 10.0
+    # Executions running at once; more wait up to queue_wait_s, then RESOURCE_EXHAUSTED.
+    concurrency: int = 4
+    queue_wait_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,8 @@ class Settings:
                 timeout_s=_number(env, "ICEOS_SANDBOX_TIMEOUT_S", 30.0, minimum=0.001),
                 memory_mb=int(_number(env, "ICEOS_SANDBOX_MEMORY_MB", 512, minimum=16)),
                 cpu_s=_number(env, "ICEOS_SANDBOX_CPU_S", 10.0, minimum=0.001),
+                concurrency=int(_number(env, "ICEOS_SANDBOX_CONCURRENCY", 4, minimum=1)),
+                queue_wait_s=_number(env, "ICEOS_SANDBOX_QUEUE_S", 2.0),
             ),
             secret_key=env.get("ICEOS_SECRET_KEY") or None,
             home=Path(env.get("ICEOS_HOME") or REPO_ROOT / ".iceos"),

@@ -9,7 +9,6 @@ from iceos.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.db import Database
 from services.common.embedding import DEFAULT_EMBEDDER, Embedder
 
-from . import wire
 from .blueprints import Blueprints
 from .components import Components
 from .convert import KIND_NAMES
@@ -121,5 +120,4 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
 
 def add_to_server(server: grpc.aio.Server, db: Database) -> None:
-    wire.add_servicer(server, RegistryServicer(db),
-                      registry_pb2.DESCRIPTOR.services_by_name["RegistryService"])
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(db), server)

@@ -134,14 +134,13 @@ class Stack:
         for name in SERVICES:
             self._spawn(name, [sys.executable, "-m", f"services.{name}"], service_env)
 
-        edge = envoy.EdgeConfig(
-            edge_port=cfg.edge_port, admin_port=cfg.admin_port,
+        # CORS origins, rate limits and the verdict cache come from ICEOS_* variables.
+        edge = envoy.EdgeConfig.from_env(
+            self.env, edge_port=cfg.edge_port, admin_port=cfg.admin_port,
             upstreams={n: ("127.0.0.1", p) for n, p in cfg.service_ports.items()})
         config_path = cfg.home / "envoy.yaml"
         config_path.write_text(envoy.render(edge))
-        self._spawn("envoy", [envoy.envoy_binary(), "-c", str(config_path),
-                              "--disable-hot-restart", "--log-level", "warn",
-                              "--concurrency", "2"], self.env)
+        self._spawn("envoy", envoy.command(config_path), self.env)
 
     def _service_key(self) -> str:
         """The key services share to sign service tokens: made once, kept in $ICEOS_HOME."""

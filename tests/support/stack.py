@@ -9,6 +9,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
@@ -34,6 +35,10 @@ class Edge:
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    # EdgeConfig fields to override (cors_origins, rate_limit_rps, auth_cache_ms, ...). The
+    # test edge's rate limit is generous so no test suite is throttled; tests of the limiter
+    # start their own Edge with a low one.
+    options: dict[str, Any] = field(default_factory=lambda: {"rate_limit_rps": 100_000})
 
     @property
     def url(self) -> str:
@@ -45,7 +50,8 @@ class Edge:
 
     def start(self, wait_ready: bool = True) -> "Edge":
         config = envoy.EdgeConfig(edge_port=self.port, admin_port=self.admin_port,
-                                  upstreams=self.upstreams, listen_address="127.0.0.1")
+                                  upstreams=self.upstreams, listen_address="127.0.0.1",
+                                  **self.options)
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / f"envoy-{self.port}.log", "ab")
         self.proc = envoy.start(config, self.workdir / f"envoy-{self.port}.yaml",

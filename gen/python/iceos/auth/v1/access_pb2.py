@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aiceos/auth/v1/access.proto\x12\riceos.auth.v1\x1a google/protobuf/descriptor.proto\"|\n\nAccessRule\x12\'\n\x04role\x18\x01 \x01(\x0e\x32\x13.iceos.auth.v1.RoleR\x04role\x12\x16\n\x06public\x18\x02 \x01(\x08R\x06public\x12-\n\x12organization_scope\x18\x03 \x01(\x08R\x11organizationScope*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x0f\n\x0bROLE_EDITOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03:S\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x19.iceos.auth.v1.AccessRuleR\x06\x61\x63\x63\x65ssb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aiceos/auth/v1/access.proto\x12\riceos.auth.v1\x1a google/protobuf/descriptor.proto\"\x99\x01\n\nAccessRule\x12\'\n\x04role\x18\x01 \x01(\x0e\x32\x13.iceos.auth.v1.RoleR\x04role\x12\x16\n\x06public\x18\x02 \x01(\x08R\x06public\x12-\n\x12organization_scope\x18\x03 \x01(\x08R\x11organizationScope\x12\x1b\n\tread_only\x18\x04 \x01(\x08R\x08readOnly*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x0f\n\x0bROLE_EDITOR\x10\x02\x12\x0e\n\nROLE_ADMIN\x10\x03:S\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x19.iceos.auth.v1.AccessRuleR\x06\x61\x63\x63\x65ssb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'iceos.auth.v1.access_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=205
-  _globals['_ROLE']._serialized_end=283
-  _globals['_ACCESSRULE']._serialized_start=79
-  _globals['_ACCESSRULE']._serialized_end=203
+  _globals['_ROLE']._serialized_start=235
+  _globals['_ROLE']._serialized_end=313
+  _globals['_ACCESSRULE']._serialized_start=80
+  _globals['_ACCESSRULE']._serialized_end=233
 # @@protoc_insertion_point(module_scope)

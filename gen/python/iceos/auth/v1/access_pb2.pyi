@@ -62,6 +62,7 @@ class AccessRule(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     PUBLIC_FIELD_NUMBER: _builtins.int
     ORGANIZATION_SCOPE_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     """The least role that may call the method."""
     public: _builtins.bool
@@ -70,16 +71,21 @@ class AccessRule(_message.Message):
     """
     organization_scope: _builtins.bool
     """True for methods only an organization-wide token may call (creating projects)."""
+    read_only: _builtins.bool
+    """True for methods that change nothing although their HTTP binding is a POST (they need a
+    request body: validate, search, wait). Other non-GET methods are audited as writes.
+    """
     def __init__(
         self,
         *,
         role: Global___Role.ValueType = ...,
         public: _builtins.bool = ...,
         organization_scope: _builtins.bool = ...,
+        read_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_scope", b"organization_scope", "public", b"public", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_scope", b"organization_scope", "public", b"public", "read_only", b"read_only", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

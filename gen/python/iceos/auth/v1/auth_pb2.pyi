@@ -205,7 +205,9 @@ class ListProjectsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """At most this many projects (default 50, at most 1000)."""
     page_token: _builtins.str
+    """`next_page_token` of the previous page, unchanged."""
     def __init__(
         self,
         *,
@@ -308,9 +310,15 @@ class CreateTokenRequest(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
+    """The project, `projects/{project}`."""
     request_id: _builtins.str
+    """Idempotency key: a retry with the same id returns the first token, without its secret
+    (shown once: revoke it and mint another if the first response was lost).
+    """
     @_builtins.property
-    def token(self) -> Global___Token: ...
+    def token(self) -> Global___Token:
+        """The token to mint: `role` (at most the caller's own), `display_name`, `expire_time`."""
+
     def __init__(
         self,
         *,
@@ -336,7 +344,9 @@ class ListTokensRequest(_message.Message):
     SHOW_INACTIVE_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     page_size: _builtins.int
+    """At most this many tokens (default 50, at most 1000)."""
     page_token: _builtins.str
+    """`next_page_token` of the previous page, unchanged, with the same other fields."""
     show_inactive: _builtins.bool
     """Include revoked and expired tokens."""
     def __init__(

@@ -29,7 +29,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from iceos.auth.v1 import access_pb2 as iceos_dot_auth_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eiceos/sandbox/v1/sandbox.proto\x12\x10iceos.sandbox.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1aiceos/auth/v1/access.proto\"\xb0\x02\n\x0e\x45xecuteRequest\x12\x1c\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x06parent\x12<\n\x08language\x18\x02 \x01(\x0e\x32\x1a.iceos.sandbox.v1.LanguageB\x04\xe2\x41\x01\x02R\x08language\x12\x16\n\x06source\x18\x03 \x01(\tR\x06source\x12\x1f\n\x0bwasm_module\x18\x04 \x01(\x0cR\nwasmModule\x12.\n\x06inputs\x18\x05 \x01(\x0b\x32\x16.google.protobuf.ValueR\x06inputs\x12\x30\n\x06limits\x18\x06 \x01(\x0b\x32\x18.iceos.sandbox.v1.LimitsR\x06limits\x12\'\n\x0fidempotency_key\x18\x07 \x01(\tR\x0eidempotencyKey\"\xba\x01\n\x06Limits\x12\x33\n\x07timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x12\x1b\n\tmemory_mb\x18\x02 \x01(\x03R\x08memoryMb\x12\x34\n\x08\x63pu_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07\x63puTime\x12(\n\x10max_output_bytes\x18\x04 \x01(\x03R\x0emaxOutputBytes\"\xe9\x02\n\x0f\x45xecuteResponse\x12\x39\n\x06status\x18\x01 \x01(\x0e\x32!.iceos.sandbox.v1.ExecutionStatusR\x06status\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueR\x06result\x12\x36\n\x05\x65rror\x18\x03 \x01(\x0b\x32 .iceos.sandbox.v1.ExecutionErrorR\x05\x65rror\x12\x16\n\x06stdout\x18\x04 \x01(\tR\x06stdout\x12\x16\n\x06stderr\x18\x05 \x01(\tR\x06stderr\x12)\n\x10stdout_truncated\x18\x06 \x01(\x08R\x0fstdoutTruncated\x12)\n\x10stderr_truncated\x18\x07 \x01(\x08R\x0fstderrTruncated\x12-\n\x05usage\x18\x08 \x01(\x0b\x32\x17.iceos.sandbox.v1.UsageR\x05usage\"p\n\x0e\x45xecutionError\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\x1c\n\ttraceback\x18\x03 \x01(\tR\ttraceback\x12\x12\n\x04line\x18\x04 \x01(\x05R\x04line\"\xc6\x01\n\x05Usage\x12\x36\n\twall_time\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x08wallTime\x12\x34\n\x08\x63pu_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07\x63puTime\x12*\n\x11peak_memory_bytes\x18\x03 \x01(\x03R\x0fpeakMemoryBytes\x12#\n\rfuel_consumed\x18\x04 \x01(\x03R\x0c\x66uelConsumed*L\n\x08Language\x12\x18\n\x14LANGUAGE_UNSPECIFIED\x10\x00\x12\x13\n\x0fLANGUAGE_PYTHON\x10\x01\x12\x11\n\rLANGUAGE_WASM\x10\x02*\x89\x02\n\x0f\x45xecutionStatus\x12 \n\x1c\x45XECUTION_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45XECUTION_STATUS_OK\x10\x01\x12\x1a\n\x16\x45XECUTION_STATUS_ERROR\x10\x02\x12\x1c\n\x18\x45XECUTION_STATUS_TIMEOUT\x10\x03\x12!\n\x1d\x45XECUTION_STATUS_MEMORY_LIMIT\x10\x04\x12\x1e\n\x1a\x45XECUTION_STATUS_CPU_LIMIT\x10\x05\x12!\n\x1d\x45XECUTION_STATUS_OUTPUT_LIMIT\x10\x06\x12\x1b\n\x17\x45XECUTION_STATUS_KILLED\x10\x07\x32\x9b\x01\n\x0eSandboxService\x12\x88\x01\n\x07\x45xecute\x12 .iceos.sandbox.v1.ExecuteRequest\x1a!.iceos.sandbox.v1.ExecuteResponse\"8\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02,\"\'/v1/{parent=projects/*}/sandbox:execute:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eiceos/sandbox/v1/sandbox.proto\x12\x10iceos.sandbox.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1aiceos/auth/v1/access.proto\"\xb0\x02\n\x0e\x45xecuteRequest\x12\x1c\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02R\x06parent\x12<\n\x08language\x18\x02 \x01(\x0e\x32\x1a.iceos.sandbox.v1.LanguageB\x04\xe2\x41\x01\x02R\x08language\x12\x16\n\x06source\x18\x03 \x01(\tR\x06source\x12\x1f\n\x0bwasm_module\x18\x04 \x01(\x0cR\nwasmModule\x12.\n\x06inputs\x18\x05 \x01(\x0b\x32\x16.google.protobuf.ValueR\x06inputs\x12\x30\n\x06limits\x18\x06 \x01(\x0b\x32\x18.iceos.sandbox.v1.LimitsR\x06limits\x12\'\n\x0fidempotency_key\x18\x07 \x01(\tR\x0eidempotencyKey\"\xce\x01\n\x06Limits\x12\x33\n\x07timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x12\x1b\n\tmemory_mb\x18\x02 \x01(\x03R\x08memoryMb\x12\x34\n\x08\x63pu_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07\x63puTime\x12(\n\x10max_output_bytes\x18\x04 \x01(\x03R\x0emaxOutputBytes\x12\x12\n\x04\x66uel\x18\x05 \x01(\x03R\x04\x66uel\"\xe9\x02\n\x0f\x45xecuteResponse\x12\x39\n\x06status\x18\x01 \x01(\x0e\x32!.iceos.sandbox.v1.ExecutionStatusR\x06status\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueR\x06result\x12\x36\n\x05\x65rror\x18\x03 \x01(\x0b\x32 .iceos.sandbox.v1.ExecutionErrorR\x05\x65rror\x12\x16\n\x06stdout\x18\x04 \x01(\tR\x06stdout\x12\x16\n\x06stderr\x18\x05 \x01(\tR\x06stderr\x12)\n\x10stdout_truncated\x18\x06 \x01(\x08R\x0fstdoutTruncated\x12)\n\x10stderr_truncated\x18\x07 \x01(\x08R\x0fstderrTruncated\x12-\n\x05usage\x18\x08 \x01(\x0b\x32\x17.iceos.sandbox.v1.UsageR\x05usage\"p\n\x0e\x45xecutionError\x12\x12\n\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\x1c\n\ttraceback\x18\x03 \x01(\tR\ttraceback\x12\x12\n\x04line\x18\x04 \x01(\x05R\x04line\"\xc6\x01\n\x05Usage\x12\x36\n\twall_time\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x08wallTime\x12\x34\n\x08\x63pu_time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07\x63puTime\x12*\n\x11peak_memory_bytes\x18\x03 \x01(\x03R\x0fpeakMemoryBytes\x12#\n\rfuel_consumed\x18\x04 \x01(\x03R\x0c\x66uelConsumed*L\n\x08Language\x12\x18\n\x14LANGUAGE_UNSPECIFIED\x10\x00\x12\x13\n\x0fLANGUAGE_PYTHON\x10\x01\x12\x11\n\rLANGUAGE_WASM\x10\x02*\x89\x02\n\x0f\x45xecutionStatus\x12 \n\x1c\x45XECUTION_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45XECUTION_STATUS_OK\x10\x01\x12\x1a\n\x16\x45XECUTION_STATUS_ERROR\x10\x02\x12\x1c\n\x18\x45XECUTION_STATUS_TIMEOUT\x10\x03\x12!\n\x1d\x45XECUTION_STATUS_MEMORY_LIMIT\x10\x04\x12\x1e\n\x1a\x45XECUTION_STATUS_CPU_LIMIT\x10\x05\x12!\n\x1d\x45XECUTION_STATUS_OUTPUT_LIMIT\x10\x06\x12\x1b\n\x17\x45XECUTION_STATUS_KILLED\x10\x07\x32\x9b\x01\n\x0eSandboxService\x12\x88\x01\n\x07\x45xecute\x12 .iceos.sandbox.v1.ExecuteRequest\x1a!.iceos.sandbox.v1.ExecuteResponse\"8\xca\xf3\x18\x02\x08\x02\x82\xd3\xe4\x93\x02,\"\'/v1/{parent=projects/*}/sandbox:execute:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,20 +42,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST'].fields_by_name['language']._serialized_options = b'\342A\001\002'
   _globals['_SANDBOXSERVICE'].methods_by_name['Execute']._loaded_options = None
   _globals['_SANDBOXSERVICE'].methods_by_name['Execute']._serialized_options = b'\312\363\030\002\010\002\202\323\344\223\002,\"\'/v1/{parent=projects/*}/sandbox:execute:\001*'
-  _globals['_LANGUAGE']._serialized_start=1380
-  _globals['_LANGUAGE']._serialized_end=1456
-  _globals['_EXECUTIONSTATUS']._serialized_start=1459
-  _globals['_EXECUTIONSTATUS']._serialized_end=1724
+  _globals['_LANGUAGE']._serialized_start=1400
+  _globals['_LANGUAGE']._serialized_end=1476
+  _globals['_EXECUTIONSTATUS']._serialized_start=1479
+  _globals['_EXECUTIONSTATUS']._serialized_end=1744
   _globals['_EXECUTEREQUEST']._serialized_start=206
   _globals['_EXECUTEREQUEST']._serialized_end=510
   _globals['_LIMITS']._serialized_start=513
-  _globals['_LIMITS']._serialized_end=699
-  _globals['_EXECUTERESPONSE']._serialized_start=702
-  _globals['_EXECUTERESPONSE']._serialized_end=1063
-  _globals['_EXECUTIONERROR']._serialized_start=1065
-  _globals['_EXECUTIONERROR']._serialized_end=1177
-  _globals['_USAGE']._serialized_start=1180
-  _globals['_USAGE']._serialized_end=1378
-  _globals['_SANDBOXSERVICE']._serialized_start=1727
-  _globals['_SANDBOXSERVICE']._serialized_end=1882
+  _globals['_LIMITS']._serialized_end=719
+  _globals['_EXECUTERESPONSE']._serialized_start=722
+  _globals['_EXECUTERESPONSE']._serialized_end=1083
+  _globals['_EXECUTIONERROR']._serialized_start=1085
+  _globals['_EXECUTIONERROR']._serialized_end=1197
+  _globals['_USAGE']._serialized_start=1200
+  _globals['_USAGE']._serialized_end=1398
+  _globals['_SANDBOXSERVICE']._serialized_start=1747
+  _globals['_SANDBOXSERVICE']._serialized_end=1902
 # @@protoc_insertion_point(module_scope)

@@ -98,11 +98,17 @@ class ExecuteRequest(_message.Message):
     """`projects/{project}`: whose code this is."""
     language: Global___Language.ValueType
     source: _builtins.str
-    """Python source (LANGUAGE_PYTHON)."""
+    """Python source defining `main(inputs)` (LANGUAGE_PYTHON), at most 1 MiB. The standard
+    library is available; nothing else is installed.
+    """
     wasm_module: _builtins.bytes
-    """WASM module bytes, binary or text format (LANGUAGE_WASM)."""
+    """A WASI preview 1 command module exporting `_start`, binary or text format (LANGUAGE_WASM),
+    at most 16 MiB. Compiled modules are cached by content hash.
+    """
     idempotency_key: _builtins.str
-    """`run/node/attempt` when the orchestrator calls; shown to the code as ICEOS_IDEMPOTENCY_KEY."""
+    """`run/node/attempt` when the orchestrator calls; shown to the code as the environment
+    variable ICEOS_IDEMPOTENCY_KEY (the only one it sees besides HOME, TMPDIR, PATH, LANG).
+    """
     @_builtins.property
     def inputs(self) -> _struct_pb2.Value:
         """Passed to `main` (Python) or on stdin (WASM)."""
@@ -132,7 +138,9 @@ Global___ExecuteRequest: _TypeAlias = ExecuteRequest  # noqa: Y015
 
 @_typing.final
 class Limits(_message.Message):
-    """Resource limits. Unset (zero) fields take the server's value."""
+    """Resource limits. Unset (zero) fields take the server's value; a request may lower a limit,
+    never raise it (INVALID_ARGUMENT names the refused field, e.g. `limits.memory_mb`).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -140,17 +148,24 @@ class Limits(_message.Message):
     MEMORY_MB_FIELD_NUMBER: _builtins.int
     CPU_TIME_FIELD_NUMBER: _builtins.int
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    FUEL_FIELD_NUMBER: _builtins.int
     memory_mb: _builtins.int
-    """Address space, in MiB."""
+    """Python: address space (RLIMIT_AS); WASM: linear memory. In MiB, at least 64 (server
+    default ICEOS_SANDBOX_MEMORY_MB, 512).
+    """
     max_output_bytes: _builtins.int
-    """Bytes of JSON result."""
+    """Bytes of JSON result (at most 1 MiB)."""
+    fuel: _builtins.int
+    """WASM fuel units (about one per instruction); unset follows cpu_time."""
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """Wall-clock time."""
+        """Wall-clock time (server default ICEOS_SANDBOX_TIMEOUT_S, 30 s)."""
 
     @_builtins.property
     def cpu_time(self) -> _duration_pb2.Duration:
-        """CPU time."""
+        """CPU time (server default ICEOS_SANDBOX_CPU_S, 10 s). Python enforces it in whole seconds,
+        rounded up.
+        """
 
     def __init__(
         self,
@@ -159,10 +174,11 @@ class Limits(_message.Message):
         memory_mb: _builtins.int = ...,
         cpu_time: _duration_pb2.Duration | None = ...,
         max_output_bytes: _builtins.int = ...,
+        fuel: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "max_output_bytes", b"max_output_bytes", "memory_mb", b"memory_mb", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_time", b"cpu_time", "fuel", b"fuel", "max_output_bytes", b"max_output_bytes", "memory_mb", b"memory_mb", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -182,6 +198,7 @@ class ExecuteResponse(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     status: Global___ExecutionStatus.ValueType
     stdout: _builtins.str
+    """What the code printed, each at most 64 KiB; the `_truncated` flags say more was dropped."""
     stderr: _builtins.str
     stdout_truncated: _builtins.bool
     stderr_truncated: _builtins.bool
@@ -259,6 +276,7 @@ class Usage(_message.Message):
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     FUEL_CONSUMED_FIELD_NUMBER: _builtins.int
     peak_memory_bytes: _builtins.int
+    """Python: peak resident set of the process; WASM: linear memory at the end."""
     fuel_consumed: _builtins.int
     """WASM fuel consumed."""
     @_builtins.property

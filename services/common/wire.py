@@ -1,33 +1,20 @@
-"""Request decoding that names the bad field.
+"""Name the bad field of a request that protobuf cannot parse.
 
-grpcio answers a request that protobuf cannot parse (a string field with invalid UTF-8, a
-message nested past protobuf's recursion limit) with UNKNOWN "Unexpected DecodeError". Here the
-registry's handlers decode leniently instead: on a parse failure the request arrives empty and
-the handler raises INVALID_ARGUMENT whose field violation is the path of the bad field
-(`blueprint.nodes[0].id`), found by walking the wire format against the descriptor.
-
-The verdict travels from the deserializer to the handler in a context variable: grpc.aio decodes
-a request in the task that then runs its handler, and each RPC has its own task.
+grpcio would answer such a request (a string field with invalid UTF-8, a message nested past
+protobuf's recursion limit) with UNKNOWN "Unexpected DecodeError". The interceptor parses each
+request itself and, on failure, asks `diagnose` for an INVALID_ARGUMENT whose field violation is
+the path of the bad field (`blueprint.nodes[0].id`), found by walking the wire format against
+the descriptor.
 """
 
 from __future__ import annotations
 
-import contextvars
-from collections.abc import Callable
-from typing import Any
+from google.protobuf import descriptor
 
-import grpc
-from google.protobuf import descriptor, message_factory
-from google.protobuf.message import DecodeError, Message
-
-from services.common import errors
+from . import errors
 
 # Deeper than this is refused (protobuf's own parser stops at 100 levels).
 MAX_MESSAGE_DEPTH = 90
-
-_problem: contextvars.ContextVar[errors.InvalidArgument | None] = contextvars.ContextVar(
-    "registry_decode_problem", default=None)
-
 
 class _Bad(Exception):
     def __init__(self, path: str, description: str, reason: str) -> None:
@@ -106,38 +93,3 @@ def diagnose(message: descriptor.Descriptor, data: bytes, error: Exception) -> \
     text = " ".join(str(error).split())[:300]
     return errors.InvalidArgument(f"the request is not a valid {message.name}: {text}",
                                   [errors.FieldViolation("", text, "MALFORMED")])
-
-
-def _lenient(cls: type[Message]) -> Callable[[bytes], Message]:
-    def deserialize(data: bytes) -> Message:
-        try:
-            return cls.FromString(data)
-        except (DecodeError, RecursionError) as exc:
-            _problem.set(diagnose(cls.DESCRIPTOR, data, exc))
-            return cls()
-    return deserialize
-
-
-def _checked(behavior: Callable[..., Any]) -> Callable[..., Any]:
-    async def handler(request: Message, context: grpc.aio.ServicerContext) -> Any:
-        problem = _problem.get()
-        if problem is not None:
-            raise problem
-        return await behavior(request, context)
-    return handler
-
-
-def add_servicer(server: grpc.aio.Server, servicer: object,
-                 service: descriptor.ServiceDescriptor) -> None:
-    """Register every unary method of `service` implemented by `servicer`, with lenient
-    decoding (the generated add_*_to_server would answer bad bytes with UNKNOWN)."""
-    handlers = {}
-    for method in service.methods:
-        request_cls = message_factory.GetMessageClass(method.input_type)
-        response_cls = message_factory.GetMessageClass(method.output_type)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _checked(getattr(servicer, method.name)),
-            request_deserializer=_lenient(request_cls),
-            response_serializer=response_cls.SerializeToString)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, handlers),))

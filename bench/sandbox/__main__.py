@@ -1,0 +1,5 @@
+"""`python -m bench.sandbox` (make bench-sandbox)."""
+
+from . import main
+
+main()
