@@ -1,36 +1,21 @@
 """Code nodes and Python tool components run in the sandbox service (never in the orchestrator),
-called with a service token for the run's project and the node's idempotency key.
-
-These need the sandbox's Execute (issue 6). Where the sandbox answers UNIMPLEMENTED (a branch
-without it) they are skipped with that reason — never counted as passing."""
+called with a service token for the run's project and the node's idempotency key."""
 
 from __future__ import annotations
 
-import grpc
+import time
+
 import pytest
 from google.protobuf import json_format
 from iceos.registry.v1 import component_pb2, registry_pb2, registry_pb2_grpc
-from iceos.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+from iceos.orchestrator.v1 import orchestrator_pb2
 
-from services.common import service_auth
-from tests.support.runs import State, nodes, py, run_and_wait, stub
-from tests.support.stack import SERVICE_KEY
+from tests.support.processes import wait_for
+from tests.support.runs import State, get, node_state, nodes, py, run_and_wait, start, stub, wait
 
 
 @pytest.fixture
-def api(stack, tenant):  # type: ignore[no-untyped-def]
-    token = service_auth.mint(SERVICE_KEY, project_id=tenant.project_id,
-                              organization_id=tenant.organization_id, service="tests")
-    with stack.channel("sandbox") as channel:
-        try:
-            sandbox_pb2_grpc.SandboxServiceStub(channel).Execute(sandbox_pb2.ExecuteRequest(
-                parent=tenant.parent, language=sandbox_pb2.LANGUAGE_PYTHON,
-                source="def main(inputs):\n    return 1\n"),
-                metadata=[("authorization", f"Bearer {token}")], timeout=30)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                pytest.skip("the sandbox service's Execute (issue 6) is not on this branch yet")
-            raise
+def api(stack):  # type: ignore[no-untyped-def]
     with stack.channel("orchestrator") as channel:
         yield stub(channel)
 
@@ -81,3 +66,16 @@ def test_python_tool_component_runs_in_the_sandbox(stack, api, tenant) -> None: 
         "component": "words", "args": {"text": "one two three"}}}]})
     assert run.state == State.RUN_STATE_SUCCEEDED, run.error
     assert py(run.output)["count"] == {"count": 3}
+
+
+def test_cancel_stops_running_code(api, tenant) -> None:  # type: ignore[no-untyped-def]
+    run = start(api, tenant, spec={"nodes": [code(
+        "spin", "def main(inputs):\n    while True:\n        pass\n", timeout="25s")]})
+    wait_for(lambda: node_state(get(api, tenant, run.name), "spin") == "RUNNING"
+             if get(api, tenant, run.name).nodes else False, 30, what="the code to run")
+    began = time.monotonic()
+    api.CancelRun(orchestrator_pb2.CancelRunRequest(name=run.name), metadata=tenant.md())
+    done = wait(api, tenant, run.name)
+    assert done.state == State.RUN_STATE_CANCELLED
+    assert time.monotonic() - began < 10  # not the 25 s the code would have been given
+    assert node_state(done, "spin") == "CANCELLED"

@@ -1,6 +1,5 @@
-"""The shipped example blueprints run as documented, and one blueprint using every node kind but
-code (code needs the sandbox: see test_runs_code.py) runs to SUCCEEDED with its events streamed
-in order and resumable after a reconnect."""
+"""The shipped example blueprints run as documented, and one blueprint using every node kind runs
+to SUCCEEDED with its events streamed in order and resumable after a reconnect."""
 
 from __future__ import annotations
 
@@ -35,6 +34,7 @@ def api(stack):  # type: ignore[no-untyped-def]
      lambda out: out["category"] in ("billing", "bug", "question", "other")
      and 1 <= out["urgency"] <= 5),
     ("condition", {"text": "short"}, lambda out: out["branch"] == "else"),
+    ("code", {"text": "a bb ccc"}, lambda out: out == {"words": 3, "longest": "ccc"}),
     ("loop", {"names": ["Ada", "Bo", "Cy"]},
      lambda out: [o["name"] for o in out] == ["Ada", "Bo", "Cy"] and all(o["ok"] for o in out)),
 ])
@@ -65,7 +65,7 @@ EVERY_KIND = {
     "inputSchema": {"type": "object", "required": ["xs"]},
     "output": "{'loop': nodes.fan.output.numbers.each, 'route': nodes.route.output.branch,"
               " 'approved': nodes.ask.output.decision, 'child': nodes.child.output,"
-              " 'agent': nodes.helper.output.answer}",
+              " 'agent': nodes.helper.output.answer, 'code': nodes.calc.output}",
     "nodes": [
         {"id": "seed", "tool": {"component": "builtins/json_transform",
                                 "args": {"expression": "input.size()"},
@@ -89,7 +89,10 @@ EVERY_KIND = {
         {"id": "child", "workflow": {"blueprint": "kinds-child",
                                      "argExpressions": {"n": "nodes.seed.output.result"}},
          "dependsOn": ["seed"]},
-        {"id": "ask", "dependsOn": ["route", "fan", "helper", "child"],
+        {"id": "calc", "dependsOn": ["seed"], "code": {
+            "source": "def main(inputs):\n    return inputs['n'] + 1\n",
+            "argExpressions": {"n": "nodes.seed.output.result"}}},
+        {"id": "ask", "dependsOn": ["route", "fan", "helper", "child", "calc"],
          "human": {"prompt": "ok with {{ nodes.child.output }}?"}},
     ]}
 
@@ -111,7 +114,7 @@ def test_a_blueprint_with_every_kind_runs_and_streams_resumably(stack, api, tena
     done = wait(api, tenant, run.name)
     assert done.state == State.RUN_STATE_SUCCEEDED, done.error
     assert py(done.output) == {"loop": [1, 4, 9], "route": "then", "approved": "APPROVE",
-                               "child": 6, "agent": 'two is {"result": 2}'}
+                               "child": 6, "agent": 'two is {"result": 2}', "code": 4}
     everything = first + rest
     assert [e.sequence for e in everything] == list(range(1, done.last_event_sequence + 1))
     types = event_types(everything)
@@ -119,4 +122,4 @@ def test_a_blueprint_with_every_kind_runs_and_streams_resumably(stack, api, tena
     assert {"NODE_SKIPPED", "RUN_WAITING", "NODE_SIGNALLED"} <= set(types)
     kinds = {n.kind for n in done.nodes}
     assert kinds == {"tool", "condition", "llm", "parallel", "loop", "agent", "workflow",
-                     "human"}
+                     "human", "code"}

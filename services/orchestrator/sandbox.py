@@ -1,15 +1,18 @@
-"""The one place the orchestrator calls the sandbox service (Execute), authenticated with a
-service token for the run's project. No user code ever runs in the orchestrator process."""
+"""The one place the orchestrator calls the sandbox service (Execute, through the shared
+services/sandbox/client.py), authenticated with a service token for the run's project. No user
+code ever runs in the orchestrator process."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import grpc
-from google.protobuf import duration_pb2, struct_pb2
-from iceos.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+from google.protobuf import duration_pb2
+from iceos.sandbox.v1 import sandbox_pb2
 
-from services.common import service_auth
+from services.common import errors, service_auth
+from services.sandbox.client import SandboxClient as _SandboxClient
+
+_RETRYABLE = (errors.Unavailable, errors.ResourceExhausted, errors.DeadlineExceeded)
 
 
 class SandboxUnavailable(Exception):
@@ -26,17 +29,12 @@ class SandboxClient:
     def __init__(self, address: str, service_key: bytes | None) -> None:
         self.address = address
         self.service_key = service_key
-        self._channel: grpc.aio.Channel | None = None
-
-    def _stub(self) -> sandbox_pb2_grpc.SandboxServiceStub:
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
-        return sandbox_pb2_grpc.SandboxServiceStub(self._channel)
+        self._client: _SandboxClient | None = None
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def execute(self, *, project_id: str, organization_id: str, inputs: Any,
                       idempotency_key: str, timeout_s: float, source: str | None = None,
@@ -44,27 +42,19 @@ class SandboxClient:
         if not self.service_key:
             raise SandboxUnavailable("the orchestrator has no ICEOS_SERVICE_KEY, so it cannot "
                                      "authenticate to the sandbox", retryable=False)
+        if self._client is None:
+            self._client = _SandboxClient(self.address)
         token = service_auth.mint(self.service_key, project_id=project_id,
                                   organization_id=organization_id, service="orchestrator")
-        value = struct_pb2.Value()
-        from google.protobuf import json_format
-        json_format.ParseDict(inputs, value)
-        request = sandbox_pb2.ExecuteRequest(
-            parent=f"projects/{project_id}", inputs=value, idempotency_key=idempotency_key,
-            language=sandbox_pb2.LANGUAGE_WASM if wasm_module else sandbox_pb2.LANGUAGE_PYTHON,
-            limits=sandbox_pb2.Limits(timeout=duration_pb2.Duration(
-                seconds=int(timeout_s), nanos=int((timeout_s % 1) * 1e9))))
-        if wasm_module:
-            request.wasm_module = wasm_module
-        else:
-            request.source = source or ""
+        limits = sandbox_pb2.Limits(timeout=duration_pb2.Duration(
+            seconds=int(timeout_s), nanos=int((timeout_s % 1) * 1e9)))
         try:
-            return await self._stub().Execute(
-                request, metadata=[("authorization", f"Bearer {token}")],
-                timeout=timeout_s + 10)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            retryable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                 grpc.StatusCode.RESOURCE_EXHAUSTED)
-            raise SandboxUnavailable(f"the sandbox answered {code.name}: {exc.details()}",
-                                     retryable=retryable) from None
+            return await self._client.execute(
+                project_id, language="wasm" if wasm_module else "python", source=source,
+                wasm_module=wasm_module, inputs=inputs, limits=limits,
+                idempotency_key=idempotency_key,
+                metadata=[("authorization", f"Bearer {token}")])
+        except errors.IceError as exc:
+            raise SandboxUnavailable(f"the sandbox refused the call ({exc.reason}): "
+                                     f"{exc.message}",
+                                     retryable=isinstance(exc, _RETRYABLE)) from None
