@@ -100,11 +100,6 @@ async def get_run(conn: psycopg.AsyncConnection, project_id: str,
         (project_id, run_id))).fetchone()
 
 
-async def get_run_by_id(conn: psycopg.AsyncConnection, run_id: str) -> dict[str, Any] | None:
-    return await (await conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = %s", (run_id,))).fetchone()
-
-
 async def run_view(conn: psycopg.AsyncConnection, project_id: str,
                    run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]],
                                          list[dict[str, Any]]] | None:
@@ -135,12 +130,6 @@ async def run_nodes(conn: psycopg.AsyncConnection, run_id: str) -> list[dict[str
         "SELECT path, node_id, kind, state, attempt, output, error, usage, wake_at, start_time,"
         " end_time FROM run_nodes WHERE run_id = %s"
         " ORDER BY start_time NULLS LAST, update_time, path", (run_id,))).fetchall()
-
-
-async def node_attempts(conn: psycopg.AsyncConnection, run_id: str) -> list[dict[str, Any]]:
-    return await (await conn.execute(
-        "SELECT path, attempt, idempotency_key, worker_id, outcome, start_time, end_time"
-        " FROM node_attempts WHERE run_id = %s ORDER BY path, attempt", (run_id,))).fetchall()
 
 
 async def list_runs(conn: psycopg.AsyncConnection, project_id: str, *,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from iceos.registry.v1 import blueprint_pb2
 
+from services.common import errors
 from services.common.blueprint import expressions, graph, templates
 
 from .checkpoint import LeaseLost, iso
@@ -510,6 +511,8 @@ class Execution:
             return await self._container(node, rec, ctx)
         except NodeFailure as failure:
             return await self.complete(rec, failure=failure)
+        except (LeaseLost, errors.Unavailable):
+            raise  # the run stops here and is resumed from its checkpoints
         except asyncio.CancelledError:
             if rec.state not in DONE and rec.state != "PENDING" and \
                     self.stop_reason in (None, "CANCELLED", "TIMED_OUT"):
@@ -600,9 +603,16 @@ class Execution:
                 return await self.complete(rec, output, size=size)
             except NodeFailure as exc:
                 failure = exc
+            except (LeaseLost, errors.Unavailable):
+                raise
             except TimeoutError:
                 failure = NodeFailure("TIMEOUT", f"the attempt took longer than {timeout:g}s",
                                       timed_out=True)
+            except Exception as exc:  # noqa: BLE001 - our bug must not crash-loop the run
+                log.error("node %s of run %s failed unexpectedly", rec.path, self.run_id,
+                          exc_info=exc)
+                failure = NodeFailure("INTERNAL", f"internal error ({exc.__class__.__name__}); "
+                                                  "the operator's logs have the details")
             finally:
                 self._busy(-1)
             if not self._retryable(failure, retry, rec.attempt, max_attempts):

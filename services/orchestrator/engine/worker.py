@@ -244,36 +244,40 @@ class Worker:
 
     # -- services the node kinds use --------------------------------------------------------------
 
-    async def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
-        delay = 0.1
+    async def _read(self, query: Any, *args: Any, patience_s: float = 60.0) -> Any:
+        """Run a read, waiting out a short database outage (a restart) instead of failing the
+        node; after `patience_s` the outage is the node's problem (UNAVAILABLE)."""
+        delay, waited = 0.1, 0.0
         while True:
             try:
                 async with self.db.connection() as conn:
-                    return await store.run_nodes(conn, run_id)
+                    return await query(conn, *args)
             except errors.Unavailable:
+                if waited >= patience_s:
+                    raise
                 await asyncio.sleep(delay)
+                waited += delay
                 delay = min(delay * 2, 2.0)
+
+    async def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
+        return await self._read(store.run_nodes, run_id, patience_s=float("inf"))
 
     async def component(self, project_id: str, ref: str, version: int = 0) -> Component | None:
         if ref.startswith("builtins/"):
             return await self.catalog.component(None, project_id, ref)  # type: ignore[arg-type]
-        async with self.db.connection() as conn:
-            return await self.catalog.component(conn, project_id, ref, version)
+        return await self._read(self.catalog.component, project_id, ref, version)
 
     async def organization_of(self, project_id: str) -> str:
         if project_id not in self._organizations:
-            async with self.db.connection() as conn:
-                found = await store.organization_of(conn, project_id)
+            found = await self._read(store.organization_of, project_id)
             self._organizations[project_id] = found or ""
         return self._organizations[project_id]
 
     async def signal(self, run_id: str, path: str) -> dict[str, Any] | None:
-        async with self.db.connection() as conn:
-            return await store.signal_for(conn, run_id, path)
+        return await self._read(store.signal_for, run_id, path)
 
     async def child_state(self, run_id: str) -> dict[str, Any] | None:
-        async with self.db.connection() as conn:
-            return await store.child_run(conn, run_id)
+        return await self._read(store.child_run, run_id)
 
     async def cancel_run(self, run_id: str, reason: str) -> None:
         try:
