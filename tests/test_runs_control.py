@@ -156,7 +156,7 @@ def test_cancelling_a_waiting_run_and_a_parent_cancels_the_child(api, stack, ten
         return listed.runs[0] if listed.runs else None
 
     child = wait_for(child_run, 30, what="the child run")
-    assert child.parent_run == parent.name
+    assert child.parent_run == parent.name and child.parent_node == "child"
     waiting(api, tenant, child.name)
     waiting(api, tenant, parent.name)
     api.CancelRun(orchestrator_pb2.CancelRunRequest(name=parent.name, reason="stop all"),

@@ -288,7 +288,7 @@ class Runs:
                         + "; ".join(problems[:3]), violations)
 
     async def start_child(self, ex: "Execution", node: blueprint_pb2.Node,
-                          args: dict[str, Any], request_id: str, *,
+                          args: dict[str, Any], request_id: str, *, path: str,
                           existing_only: bool) -> str:
         """The child run of a workflow node (created once per request_id); its id."""
         async with self.db.connection() as conn:
@@ -320,7 +320,7 @@ class Runs:
             row = await self._insert(conn, ex.project_id, prepared, args, request_id,
                                      ex.row.get("creator") or "",
                                      min(ex.deadline, self._deadline(prepared.spec, None)),
-                                     parent_run=ex.run_id, parent_node=None, depth=depth)
+                                     parent_run=ex.run_id, parent_node=path, depth=depth)
             return row["id"]
 
     # -- reads ------------------------------------------------------------------------------------

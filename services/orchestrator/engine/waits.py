@@ -111,7 +111,8 @@ async def workflow(ex: "Execution", node: blueprint_pb2.Node, rec: "NodeRecord",
     request_id = f"child:{ex.run_id}/{rec.path}/{attempt}"
     args = (ex.arguments("workflow", node.workflow.args, node.workflow.arg_expressions, ctx)
             if first else {})
-    child = await worker.start_child(ex, node, args, request_id, existing_only=not first)
+    child = await worker.start_child(ex, node, args, request_id, path=rec.path,
+                                     existing_only=not first)
     if first:
         await _begin(ex, node, rec, {"child_run": f"projects/{ex.project_id}/runs/{child}"})
         await ex.commit()

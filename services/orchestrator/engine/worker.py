@@ -288,10 +288,10 @@ class Worker:
         self.notifier.wake([run_id])
 
     async def start_child(self, ex: Execution, node: blueprint_pb2.Node, args: dict[str, Any],
-                          request_id: str, *, existing_only: bool) -> str:
+                          request_id: str, *, path: str, existing_only: bool) -> str:
         assert self.runs is not None
         try:
-            return await self.runs.start_child(ex, node, args, request_id,
+            return await self.runs.start_child(ex, node, args, request_id, path=path,
                                                existing_only=existing_only)
         except NodeFailure:
             raise
