@@ -73,6 +73,7 @@ class Runs:
         self.catalog = catalog
         self.worker = worker
         self._valid: dict[tuple[str, str, int], Prepared] = {}
+        self._active: dict[str, tuple[float, int]] = {}
 
     # -- start ------------------------------------------------------------------------------------
 
@@ -103,9 +104,30 @@ class Runs:
                     "blueprint", "is required: a blueprint id or name, or an inline_blueprint",
                     "REQUIRED")
             self._check_inputs(prepared.spec, inputs, "inputs", errors.InvalidArgument)
+            await self._check_capacity(conn, project)
             row = await self._insert(conn, project, prepared, inputs, request_id or None,
                                      creator, self._deadline(prepared.spec, timeout))
         return row
+
+    async def _check_capacity(self, conn: psycopg.AsyncConnection, project: str) -> None:
+        """RESOURCE_EXHAUSTED at the project's limit of unfinished runs. Far from the limit a
+        count less than a second old (plus the runs started since) is trusted, so a busy
+        project does not recount on every start; near it, the count is exact."""
+        limit = self.config.max_active_runs_per_project
+        now_s = asyncio.get_running_loop().time()
+        cached = self._active.get(project)
+        if cached is not None and now_s - cached[0] < 1.0 and cached[1] + 1 < 0.9 * limit:
+            self._active[project] = (cached[0], cached[1] + 1)
+            return
+        active = await store.count_active(conn, project, limit)
+        if active >= limit:
+            raise errors.ResourceExhausted(
+                f"project {project} has {active} unfinished runs, the most allowed; wait for "
+                "some to finish or cancel them", reason="TOO_MANY_ACTIVE_RUNS",
+                metadata={"limit": str(limit)})
+        if len(self._active) > 10_000:
+            self._active.clear()
+        self._active[project] = (now_s, active + 1)
 
     def _deadline(self, spec: blueprint_pb2.Blueprint, timeout: timedelta | None) -> datetime:
         """StartRun's timeout, else the blueprint's run_timeout, else the server default; never
@@ -131,17 +153,12 @@ class Runs:
             creator=creator, deadline=deadline, parent_run_id=parent_run,
             parent_node=parent_node, depth=depth,
             worker_id=worker.config.worker_id if local and worker else None,
-            lease_s=self.config.lease_s, max_active=self.config.max_active_runs_per_project)
-        if row is None:
-            existing = (await store.run_by_request_id(conn, project, request_id)
-                        if request_id else None)
-            if existing is not None:  # the same request_id won a race
-                return existing
-            limit = self.config.max_active_runs_per_project
-            raise errors.ResourceExhausted(
-                f"project {project} has {limit} unfinished runs, the most allowed; wait for "
-                "some to finish or cancel them", reason="TOO_MANY_ACTIVE_RUNS",
-                metadata={"limit": str(limit)})
+            lease_s=self.config.lease_s)
+        if row is None:  # the same request_id won a race
+            assert request_id is not None
+            existing = await store.run_by_request_id(conn, project, request_id)
+            assert existing is not None
+            return existing
         if local and worker is not None:
             worker.adopt({**row, "prev_state": "QUEUED"}, prepared.spec)
         else:
@@ -487,6 +504,12 @@ class Runs:
         until = loop.time() + timeout.total_seconds()
         with self.notifier.watch(run_id, ended_only=True) as watch:
             while True:
+                if self._running_here(project, run_id) and loop.time() < until \
+                        and not watch.ended:
+                    # Executing in this process and not finished: nothing to read yet.
+                    await self._wait_for_end(watch, loop, until)
+                    continue
+                watch.ended = False  # news from here on is not missed by the read below
                 async with self.db.connection() as conn:
                     found = (await store.run_view(conn, project, run_id) if detail else
                              await store.get_run(conn, project, run_id))
@@ -495,15 +518,23 @@ class Runs:
                 view = RunView(*found) if detail else RunView(found, [], [])  # type: ignore[arg-type]
                 if view.row["state"] in store.TERMINAL_RUN_STATES or loop.time() >= until:
                     return view
-                watch.ended = False
-                recheck = loop.time() + 5.0
-                while not watch.ended and loop.time() < min(recheck, until):
-                    watch.changed.clear()
-                    try:
-                        await asyncio.wait_for(watch.changed.wait(),
-                                               min(recheck, until) - loop.time())
-                    except TimeoutError:
-                        pass
+                await self._wait_for_end(watch, loop, until)
+
+    def _running_here(self, project: str, run_id: str) -> bool:
+        execution = self.worker.executions.get(run_id) if self.worker is not None else None
+        return execution is not None and execution.project_id == project and \
+            not execution.finishing
+
+    @staticmethod
+    async def _wait_for_end(watch: Any, loop: asyncio.AbstractEventLoop, until: float) -> None:
+        """Until the run is reported ended, `until`, or 5 s (then the caller reads again)."""
+        recheck = loop.time() + 5.0
+        while not watch.ended and loop.time() < min(recheck, until):
+            watch.changed.clear()
+            try:
+                await asyncio.wait_for(watch.changed.wait(), min(recheck, until) - loop.time())
+            except TimeoutError:
+                pass
 
 
 def _human_node(spec: dict[str, Any], path: str) -> dict[str, Any] | None:

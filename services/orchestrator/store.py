@@ -39,19 +39,15 @@ async def insert_run(conn: psycopg.AsyncConnection, *, run_id: str, project_id: 
                      spec: dict[str, Any], pins: dict[str, int], inputs: dict[str, Any],
                      request_id: str | None, creator: str, deadline: datetime,
                      parent_run_id: str | None = None, parent_node: str | None = None,
-                     depth: int = 0, worker_id: str | None = None, lease_s: float = 0.0,
-                     max_active: int = 1_000_000_000) -> dict[str, Any] | None:
-    """Insert a QUEUED run and its RUN_QUEUED event in one statement, unless the project
-    already has `max_active` unfinished runs. With `worker_id` the run is born claimed by that
-    worker (it starts here without a claim round trip). Returns None when `request_id` was used
-    before or the project is at its limit (the caller tells which)."""
+                     depth: int = 0, worker_id: str | None = None,
+                     lease_s: float = 0.0) -> dict[str, Any] | None:
+    """Insert a QUEUED run and its RUN_QUEUED event in one statement. With `worker_id` the run
+    is born claimed by that worker (it starts here without a claim round trip). Returns None
+    when `request_id` was used before (the caller reads that run)."""
     claimed = worker_id is not None
     return await (await conn.execute(
         f"""
-        WITH active AS (
-          SELECT count(*) AS n FROM (SELECT 1 FROM runs WHERE project_id = %(project)s
-            AND state IN ('QUEUED', 'RUNNING', 'WAITING') LIMIT %(max)s) t
-        ), ins AS (
+        WITH ins AS (
           INSERT INTO runs (id, project_id, blueprint_id, blueprint_version, spec, pins, inputs,
                             request_id, creator, parent_run_id, parent_node, depth, deadline,
                             last_event_seq, state, worker_id, lease_expires_at, claim_count,
@@ -62,7 +58,6 @@ async def insert_run(conn: psycopg.AsyncConnection, *, run_id: str, project_id: 
                  %(deadline)s::timestamptz, 1, %(state)s::text, %(worker)s::text,
                  CASE WHEN %(claimed)s THEN now() + make_interval(secs => %(lease)s) END,
                  %(claims)s::int, CASE WHEN %(claimed)s THEN now() END
-          WHERE (SELECT n FROM active) < %(max)s
           ON CONFLICT (project_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
           RETURNING {_RUN_COLUMNS}
         ), ev AS (
@@ -75,7 +70,7 @@ async def insert_run(conn: psycopg.AsyncConnection, *, run_id: str, project_id: 
          "creator": creator, "parent": parent_run_id, "pnode": parent_node, "depth": depth,
          "deadline": deadline, "state": "RUNNING" if claimed else "QUEUED",
          "worker": worker_id, "claimed": claimed, "lease": lease_s,
-         "claims": 1 if claimed else 0, "max": max_active})).fetchone()
+         "claims": 1 if claimed else 0})).fetchone()
 
 
 async def run_by_request_id(conn: psycopg.AsyncConnection, project_id: str,
@@ -83,6 +78,14 @@ async def run_by_request_id(conn: psycopg.AsyncConnection, project_id: str,
     return await (await conn.execute(
         f"SELECT {_RUN_COLUMNS} FROM runs WHERE project_id = %s AND request_id = %s",
         (project_id, request_id))).fetchone()
+
+
+async def count_active(conn: psycopg.AsyncConnection, project_id: str, limit: int) -> int:
+    """Unfinished runs of a project, counted up to `limit`."""
+    row = await (await conn.execute(
+        "SELECT count(*) AS n FROM (SELECT 1 FROM runs WHERE project_id = %s AND state IN"
+        " ('QUEUED', 'RUNNING', 'WAITING') LIMIT %s) t", (project_id, limit))).fetchone()
+    return int(row["n"]) if row else 0
 
 
 async def organization_of(conn: psycopg.AsyncConnection, project_id: str) -> str | None:
