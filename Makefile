@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto proto-check proto-breaking run test migrate-sql bench bench-registry bench-sandbox clean
+.PHONY: help setup proto proto-check proto-breaking run test migrate-sql bench bench-registry bench-sandbox bench-runs clean
 
 help:
 	@echo "make setup        create .venv and install iceos, iceos-proto and iceos-client (editable)"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench        run the benchmarks in bench/ (tables + JSON in bench/results/)"
 	@echo "make bench-registry  blueprint validation time by size; Get/List latency and throughput"
 	@echo "make bench-sandbox  sandbox latency and throughput (bench/results/sandbox.json)"
+	@echo "make bench-runs   the run engine against asyncio, DBOS and LangGraph (bench/runs)"
 
 $(STAMP): pyproject.toml gen/python/pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,6 +76,10 @@ bench-registry: $(STAMP)
 
 bench-sandbox: $(STAMP)
 	$(BIN)/python -m bench sandbox
+
+bench-runs: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench runs
 
 clean:
 	rm -rf .build .pytest_cache

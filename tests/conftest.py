@@ -78,7 +78,9 @@ def stack(postgres: EmbeddedPostgres, redis_server: EmbeddedRedis,
           workdir: Path) -> Iterator[LiveStack]:
     """Registry, orchestrator and sandbox processes plus Envoy, shared by the session."""
     live = LiveStack(database_url=postgres.url, redis_url=redis_server.url,
-                     workdir=workdir / "stack", extra_env={"ICE_DISABLE_SECCOMP": "0"})
+                     workdir=workdir / "stack", extra_env={"ICE_DISABLE_SECCOMP": "0",
+                                                          # test-only built-in tools (runs)
+                                                          "ICEOS_TEST_TOOLS": "1"})
     live.start()
     yield live
     live.stop()

@@ -25,6 +25,8 @@ def upgrade() -> None:
         blueprint_id       text,                   -- NULL for an inline blueprint
         blueprint_version  bigint,
         spec               jsonb NOT NULL,         -- the pinned Blueprint, protobuf JSON
+        -- Component and blueprint versions resolved at start: {"<reference>": version}.
+        pins               jsonb NOT NULL DEFAULT '{}',
         inputs             jsonb NOT NULL DEFAULT '{}',
         state              text NOT NULL DEFAULT 'QUEUED' CHECK (state IN
                              ('QUEUED', 'RUNNING', 'WAITING', 'SUCCEEDED', 'FAILED',
@@ -53,6 +55,12 @@ def upgrade() -> None:
         end_time           timestamptz,
         update_time        timestamptz NOT NULL DEFAULT now()
     );
+    -- A run row is updated with every checkpoint batch: keep the blueprint snapshot and the
+    -- inputs out of line (uncompressed) so an update copies a small row, not the blueprint.
+    ALTER TABLE runs ALTER COLUMN spec SET STORAGE EXTERNAL,
+                     ALTER COLUMN inputs SET STORAGE EXTERNAL,
+                     ALTER COLUMN pins SET STORAGE EXTERNAL,
+                     SET (toast_tuple_target = 256, fillfactor = 80);
     CREATE UNIQUE INDEX runs_request_id ON runs (project_id, request_id)
         WHERE request_id IS NOT NULL;
     CREATE INDEX runs_list ON runs (project_id, create_time DESC, id);
@@ -60,6 +68,7 @@ def upgrade() -> None:
     CREATE INDEX runs_claimable ON runs (create_time)
         WHERE state IN ('QUEUED', 'RUNNING', 'WAITING');
     CREATE INDEX runs_children ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+    CREATE INDEX runs_list_state ON runs (project_id, state, create_time DESC, id);
 
     -- One row per node execution path (`each[2].fetch`); the checkpoint a resume reads.
     CREATE TABLE run_nodes (

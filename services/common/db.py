@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -27,6 +28,24 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
         pass
 
 
+# A connection given back to the pool less than this long ago is handed out again without the
+# health check's round trip (the check would double the cost of a short query on a busy path).
+# One that broke in that second fails its next call with UNAVAILABLE and is replaced.
+_RECENTLY_USED_S = 1.0
+
+
+async def _check(conn: psycopg.AsyncConnection) -> None:
+    returned = getattr(conn, "_iceos_returned", None)
+    if returned is not None and time.monotonic() - returned < _RECENTLY_USED_S \
+            and not conn.broken:
+        return
+    await AsyncConnectionPool.check_connection(conn)
+
+
+async def _returned(conn: psycopg.AsyncConnection) -> None:
+    conn._iceos_returned = time.monotonic()  # type: ignore[attr-defined]
+
+
 class Database:
     """A lazily-opened pool. Queries raise errors.Unavailable while Postgres is unreachable, so
     callers get UNAVAILABLE instead of a hang or a traceback."""
@@ -38,7 +57,7 @@ class Database:
             url, min_size=min_size, max_size=max_size, open=False, configure=_configure,
             kwargs={"autocommit": True, "row_factory": dict_row,
                     "connect_timeout": max(1, int(connect_timeout))},
-            timeout=connect_timeout, check=AsyncConnectionPool.check_connection,
+            timeout=connect_timeout, check=_check, reset=_returned,
             reconnect_timeout=0,
         )
         self._opened = False

@@ -168,6 +168,8 @@ class Run(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     BLUEPRINT_SNAPSHOT_FIELD_NUMBER: _builtins.int
     LAST_EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    CLAIM_COUNT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     blueprint: _builtins.str
     """The blueprint, `projects/{project}/blueprints/{blueprint}`; empty for an inline run."""
@@ -181,6 +183,10 @@ class Run(_message.Message):
     """The request_id it was started with, if any."""
     last_event_sequence: _builtins.int
     """The sequence number of the run's newest event."""
+    cancel_requested: _builtins.bool
+    """CancelRun was called; the run stops as soon as its worker sees it."""
+    claim_count: _builtins.int
+    """How many times a worker took the run (more than 1: it was resumed or woken after waiting)."""
     @_builtins.property
     def inputs(self) -> _struct_pb2.Struct: ...
     @_builtins.property
@@ -232,10 +238,12 @@ class Run(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         blueprint_snapshot: _blueprint_pb2.Blueprint | None = ...,
         last_event_sequence: _builtins.int = ...,
+        cancel_requested: _builtins.bool = ...,
+        claim_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["blueprint_snapshot", b"blueprint_snapshot", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "inputs", b"inputs", "output", b"output", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blueprint", b"blueprint", "blueprint_snapshot", b"blueprint_snapshot", "blueprint_version", b"blueprint_version", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "inputs", b"inputs", "last_event_sequence", b"last_event_sequence", "name", b"name", "nodes", b"nodes", "output", b"output", "parent_node", b"parent_node", "parent_run", b"parent_run", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blueprint", b"blueprint", "blueprint_snapshot", b"blueprint_snapshot", "blueprint_version", b"blueprint_version", "cancel_requested", b"cancel_requested", "claim_count", b"claim_count", "create_time", b"create_time", "deadline", b"deadline", "end_time", b"end_time", "error", b"error", "inputs", b"inputs", "last_event_sequence", b"last_event_sequence", "name", b"name", "nodes", b"nodes", "output", b"output", "parent_node", b"parent_node", "parent_run", b"parent_run", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -257,6 +265,7 @@ class NodeRun(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Path of the node: `greet`, `each[2].fetch`, `check.then.notify`, `fan.branches.a.call`."""
     node_id: _builtins.str
@@ -276,6 +285,10 @@ class NodeRun(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeAttempt]:
+        """Every attempt, oldest first (GetRun only)."""
+
     def __init__(
         self,
         *,
@@ -289,14 +302,59 @@ class NodeRun(_message.Message):
         usage: Global___TokenUsage | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        attempts: _abc.Iterable[Global___NodeAttempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "output", b"output", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "end_time", b"end_time", "error", b"error", "kind", b"kind", "node_id", b"node_id", "output", b"output", "path", b"path", "start_time", b"start_time", "state", b"state", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "end_time", b"end_time", "error", b"error", "kind", b"kind", "node_id", b"node_id", "output", b"output", "path", b"path", "start_time", b"start_time", "state", b"state", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeRun: _TypeAlias = NodeRun  # noqa: Y015
+
+@_typing.final
+class NodeAttempt(_message.Message):
+    """One attempt of a node. Attempts are at-least-once: a worker that resumes a run re-executes an
+    unfinished attempt under the same idempotency key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    WORKER_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    """1 for the first."""
+    idempotency_key: _builtins.str
+    """`{run}/{node path}/{attempt}`: given to the tool or sandbox so side effects can be deduplicated."""
+    worker: _builtins.str
+    """The worker that last executed it."""
+    outcome: _builtins.str
+    """SUCCEEDED, FAILED, TIMED_OUT, CANCELLED or ABANDONED; empty while running."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+        worker: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "end_time", b"end_time", "idempotency_key", b"idempotency_key", "outcome", b"outcome", "start_time", b"start_time", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeAttempt: _TypeAlias = NodeAttempt  # noqa: Y015
 
 @_typing.final
 class RunError(_message.Message):

@@ -1,0 +1,3 @@
+from bench.runs.bench import main
+
+main()

@@ -1,0 +1,221 @@
+"""The checkpoint writer: one per worker, shared by all the runs it executes.
+
+Executions stage node records, attempt records, events and run updates; the writer commits
+everything staged (for every run) in ONE statement, then resolves the futures of those who
+wait. Concurrent runs therefore share commits — the main lever for throughput — and a sequence
+of fast nodes costs one commit per node (a node's start and its completion usually land in the
+same commit). One batch is in flight at a time, so a run's writes commit in the order staged.
+
+A batch is idempotent (see store.write_batch), so a batch whose commit was not acknowledged
+(Postgres restarting) is simply written again until it lands. A run this worker no longer holds
+(another worker claimed it after our lease expired) gets LeaseLost instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from services.common import errors
+from services.common.db import Database
+
+from .. import store
+from ..notify import Notifier
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """This worker no longer holds the run; stop executing it without writing."""
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+@dataclass
+class _RunBatch:
+    claim: int
+    nodes: dict[str, Any] = field(default_factory=dict)
+    attempts: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    run: dict[str, Any] | None = None
+    wake_parent: str | None = None
+    cancel_children_reason: str | None = None
+    last_seq: int = 0
+    done: asyncio.Future[None] | None = None
+
+
+class CheckpointWriter:
+    def __init__(self, db: Database, worker_id: str, notifier: Notifier) -> None:
+        self.db = db
+        self.worker_id = worker_id
+        self.notifier = notifier
+        self._pending: dict[str, _RunBatch] = {}
+        self._inflight: dict[str, _RunBatch] = {}
+        self._dirty = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0
+        self._conn: psycopg.AsyncConnection | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._drop_connection()
+
+    # -- staging ----------------------------------------------------------------------------------
+
+    def _batch(self, run_id: str, claim: int) -> _RunBatch:
+        batch = self._pending.get(run_id)
+        if batch is None:
+            batch = self._pending[run_id] = _RunBatch(claim)
+            self._dirty.set()
+        return batch
+
+    def node(self, run_id: str, claim: int, record: Any) -> None:
+        """Stage a node's record: an object with `path` and `to_json()`, serialized when the
+        batch is written, so a node staged twice before a commit is written once, as it is
+        then."""
+        self._batch(run_id, claim).nodes[record.path] = record
+
+    def attempt(self, run_id: str, claim: int, record: dict[str, Any]) -> None:
+        batch = self._batch(run_id, claim)
+        key = (record["path"], record["attempt"])
+        previous = batch.attempts.get(key)
+        batch.attempts[key] = {**previous, **record} if previous else record
+
+    def event(self, run_id: str, claim: int, seq: int, kind: str, node: str,
+              payload: dict[str, Any], time: datetime) -> None:
+        batch = self._batch(run_id, claim)
+        batch.events.append({"run_id": run_id, "seq": seq, "type": kind, "node": node,
+                             "payload": payload, "time": iso(time)})
+        batch.last_seq = max(batch.last_seq, seq)
+
+    def run(self, run_id: str, claim: int, update: dict[str, Any], *,
+            wake_parent: str | None = None, cancel_children: str | None = None) -> None:
+        batch = self._batch(run_id, claim)
+        batch.run = {**(batch.run or {}), **update}
+        if wake_parent:
+            batch.wake_parent = wake_parent
+        if cancel_children:
+            batch.cancel_children_reason = cancel_children
+
+    async def flush(self, run_id: str) -> None:
+        """Wait until everything staged so far for the run is committed. Raises LeaseLost."""
+        batch = self._pending.get(run_id) or self._inflight.get(run_id)
+        if batch is None:
+            return
+        if batch.done is None:
+            batch.done = asyncio.get_running_loop().create_future()
+        await asyncio.shield(batch.done)
+
+    def discard(self, run_id: str) -> None:
+        """Drop what is staged for a run this worker gave up."""
+        batch = self._pending.pop(run_id, None)
+        if batch is not None and batch.done is not None and not batch.done.done():
+            batch.done.set_exception(LeaseLost(run_id))
+            batch.done.exception()
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            if not self._pending:
+                continue
+            self._inflight, self._pending = self._pending, {}
+            try:
+                owned = await self._write(self._inflight)
+            except Exception as exc:  # noqa: BLE001 - a bug, not an outage: give the runs up
+                log.error("checkpoint batch refused by the database; abandoning its runs",
+                          exc_info=exc)
+                owned = set()
+            committed: list[tuple[str, int]] = []
+            ended: set[str] = set()
+            woken: list[str] = []
+            for run_id, batch in self._inflight.items():
+                if run_id in owned:
+                    if batch.last_seq:
+                        committed.append((run_id, batch.last_seq))
+                    if batch.run and batch.run.get("state") in store.TERMINAL_RUN_STATES:
+                        ended.add(run_id)
+                    if batch.wake_parent:
+                        woken.append(batch.wake_parent)
+                    if batch.done is not None and not batch.done.done():
+                        batch.done.set_result(None)
+                elif batch.done is not None and not batch.done.done():
+                    batch.done.set_exception(LeaseLost(run_id))
+                    batch.done.exception()  # retrieved: nobody may be waiting any more
+            self._inflight = {}
+            self.commits += 1
+            self.notifier.events_committed(committed, ended)
+            if woken:
+                self.notifier.wake(woken)
+
+    async def _write(self, batches: dict[str, _RunBatch]) -> set[str]:
+        payload = {
+            "nodes": [{"run_id": run_id, **record.to_json()} for run_id, b in batches.items()
+                      for record in b.nodes.values()],
+            "attempts": [{"run_id": run_id, **record} for run_id, b in batches.items()
+                         for record in b.attempts.values()],
+            "events": [e for b in batches.values() for e in b.events],
+            "runs": [{"id": run_id, "claim": b.claim, "last_seq": b.last_seq, **(b.run or {})}
+                     for run_id, b in batches.items()],
+        }
+        parents = [b.wake_parent for b in batches.values() if b.wake_parent]
+        cancels = [(run_id, b.cancel_children_reason) for run_id, b in batches.items()
+                   if b.cancel_children_reason]
+        delay = 0.05
+        while True:
+            try:
+                conn = await self._connection()
+                if not parents and not cancels:
+                    return await store.write_batch(conn, self.worker_id, payload)
+                children: list[str] = []
+                async with conn.transaction():
+                    owned = await store.write_batch(conn, self.worker_id, payload)
+                    if parents:
+                        await store.wake_parents(conn, parents)
+                    for run_id, reason in cancels:
+                        if run_id in owned:
+                            children += await store.cancel_children(conn, [run_id], reason)
+                if children:
+                    self.notifier.wake(children)
+                return owned
+            except (errors.Unavailable, psycopg.OperationalError, psycopg.InterfaceError,
+                    TimeoutError):
+                # Postgres is away: keep the batch and try again; leases decide afterwards.
+                await self._drop_connection()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        """The writer's own connection: one batch at a time needs no pool, and skipping the
+        pool's per-checkout health query halves the round trips of a commit."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.db.url, autocommit=True, row_factory=dict_row, connect_timeout=5,
+                prepare_threshold=0)
+            # One statement, run thousands of times: plan it once.
+            await self._conn.execute("SET plan_cache_mode = force_generic_plan")
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
