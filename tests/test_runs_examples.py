@@ -35,6 +35,9 @@ def api(stack):  # type: ignore[no-untyped-def]
      and 1 <= out["urgency"] <= 5),
     ("condition", {"text": "short"}, lambda out: out["branch"] == "else"),
     ("code", {"text": "a bb ccc"}, lambda out: out == {"words": 3, "longest": "ccc"}),
+    ("parallel", {"topic": "tabs"},
+     lambda out: set(out) == {"pro", "con"} and out["pro"] != out["con"]
+     and all(isinstance(v, str) and v for v in out.values())),
     ("loop", {"names": ["Ada", "Bo", "Cy"]},
      lambda out: [o["name"] for o in out] == ["Ada", "Bo", "Cy"] and all(o["ok"] for o in out)),
 ])
