@@ -69,6 +69,7 @@ bench-edge: $(STAMP)
 	$(BIN)/python -m bench edge
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
 
 bench-registry: $(STAMP)

@@ -430,20 +430,3 @@ def test_json_through_the_edge(stack, tenant) -> None:  # type: ignore[no-untype
                                          "limits": {"timeout": "3600s"}})
     assert status == 400
     assert "limits.timeout" in json.dumps(body)
-
-
-def test_the_readme_example_works_as_written(stack, tenant) -> None:  # type: ignore[no-untyped-def]
-    import re
-    import subprocess
-
-    from services.common.settings import REPO_ROOT
-    section = (REPO_ROOT / "README.md").read_text().split("## Sandbox", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
-    script = (block.replace("localhost:8080", stack.edge.address)
-              .replace("projects/default", tenant.parent)
-              .replace("$TOKEN", tenant.tokens[Role.EDITOR]))
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    answer = json.loads(done.stdout)
-    assert answer["status"] == "EXECUTION_STATUS_OK" and answer["result"] == 42

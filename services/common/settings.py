@@ -3,6 +3,8 @@ takes a Settings."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +123,8 @@ class Settings:
     # long a revoked token keeps working.
     auth_cache_ttl_s: float = 2.0
     metrics_port: int | None = None
-    # Shared by the services to sign service tokens (services.common.service_auth).
+    # Shared by the services to sign service tokens (services.common.service_auth):
+    # ICEOS_SERVICE_KEY, else derived from ICEOS_SECRET_KEY (see service_key_from).
     service_key: bytes | None = None
 
     @classmethod
@@ -159,6 +162,17 @@ class Settings:
             shutdown_grace_s=_number(env, "ICEOS_SHUTDOWN_GRACE_S", 20.0),
             auth_cache_ttl_s=_number(env, "ICEOS_AUTH_CACHE_TTL_S", 2.0),
             metrics_port=int(metrics) if metrics else None,
-            service_key=env["ICEOS_SERVICE_KEY"].encode() if env.get("ICEOS_SERVICE_KEY")
-            else None,
+            service_key=service_key_from(env),
         )
+
+
+def service_key_from(env: dict[str, str]) -> bytes | None:
+    """ICEOS_SERVICE_KEY, else a key derived from ICEOS_SECRET_KEY, so a deployment that sets
+    only the secret key (docker-compose.yml, the Helm chart) still lets the orchestrator call
+    the sandbox. The derivation is one-way: a service token never exposes the secret key."""
+    if env.get("ICEOS_SERVICE_KEY"):
+        return env["ICEOS_SERVICE_KEY"].encode()
+    if env.get("ICEOS_SECRET_KEY"):
+        return hmac.new(env["ICEOS_SECRET_KEY"].encode(), b"iceos service tokens",
+                        hashlib.sha256).hexdigest().encode()
+    return None

@@ -69,6 +69,17 @@ class StackConfig:
         )
 
 
+def write_stack_env(home: Path, database_url: str, redis_url: str, edge_url: str) -> Path:
+    """$ICEOS_HOME/stack.env: how to reach this stack from a shell (`source` it, or `set -a`
+    first to export it to commands such as `bootstrap --rotate`)."""
+    path = home / "stack.env"
+    path.write_text(f"DATABASE_URL={shlex.quote(database_url)}\n"
+                    f"REDIS_URL={shlex.quote(redis_url)}\n"
+                    f"ICEOS_EDGE_URL={shlex.quote(edge_url)}\n"
+                    f"ICEOS_HOME={shlex.quote(str(home))}\n")
+    return path
+
+
 @dataclass
 class Stack:
     config: StackConfig
@@ -118,12 +129,7 @@ class Stack:
         migrate.upgrade(database_url)
         self._bootstrap(database_url)
 
-        edge_url = f"http://localhost:{cfg.edge_port}"
-        (cfg.home / "stack.env").write_text(
-            f"DATABASE_URL={shlex.quote(database_url)}\n"
-            f"REDIS_URL={shlex.quote(redis_url)}\n"
-            f"ICEOS_EDGE_URL={shlex.quote(edge_url)}\n"
-            f"ICEOS_HOME={shlex.quote(str(cfg.home))}\n")
+        write_stack_env(cfg.home, database_url, redis_url, f"http://localhost:{cfg.edge_port}")
 
         service_env = dict(self.env, DATABASE_URL=database_url, REDIS_URL=redis_url,
                            ICEOS_RUN_MIGRATIONS="1", ICEOS_HOME=str(cfg.home),

@@ -6,11 +6,16 @@ kind (`nodes[0].lop`), two kinds on one node, a value of the wrong type. Loading
 shape only; `validate.validate_blueprint` checks the meaning.
 
     python -m services.common.blueprint.authoring examples/blueprints/*.yaml
+    python -m services.common.blueprint.authoring --json examples/blueprints/hello.yaml
+
+`--json FILE` checks one file the same way and prints its protobuf JSON on stdout (nothing when
+it has problems: they go to stderr), ready to send to the JSON API with `curl -d @-`.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 from typing import Any
 
@@ -251,7 +256,8 @@ def blueprint_to_yaml(blueprint: blueprint_pb2.Blueprint) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Load and validate files offline (built-ins are known; project components are not)."""
+    """Load and validate files offline (built-ins are known; project components are not).
+    With `--json FILE`, print the file's protobuf JSON instead of a status line."""
     from services.common import builtins
 
     from .validate import ComponentInfo, validate_blueprint
@@ -260,22 +266,38 @@ def main(argv: list[str]) -> int:
         tool = builtins.get(ref) if ref.startswith("builtins/") else None
         return ComponentInfo(tool.resource_name, "tool", tool.input_schema, 1) if tool else None
 
+    as_json = argv[:1] == ["--json"]
+    names = argv[1:] if as_json else argv
+    if not names or (as_json and len(names) != 1) or any(n.startswith("--") for n in names):
+        print("usage: python -m services.common.blueprint.authoring FILE...\n"
+              "       python -m services.common.blueprint.authoring --json FILE",
+              file=sys.stderr)
+        return 2
+    # Problems go to stderr when stdout carries the JSON, so a pipe never sends half a result.
+    report = sys.stderr if as_json else sys.stdout
     status = 0
-    for name in argv:
+    for name in names:
         try:
             with open(name, "rb") as handle:
                 spec = load_blueprint(handle.read(), source=name)
+        except OSError as exc:
+            status = 1
+            print(f"{name}: cannot read: {exc.strerror}", file=report)
+            continue
         except errors.InvalidArgument as exc:
             status = 1
             for v in exc.violations:
-                print(f"{name}: {v.field or '(document)'}: {v.description} [{v.reason}]")
+                print(f"{name}: {v.field or '(document)'}: {v.description} [{v.reason}]",
+                      file=report)
             continue
         violations = [v for v in validate_blueprint(spec, lookup=lookup)
                       if v.reason != "UNKNOWN_COMPONENT" or "builtins/" in v.description]
         for v in violations:
-            print(f"{name}: {v.field}: {v.description} [{v.reason}]")
+            print(f"{name}: {v.field}: {v.description} [{v.reason}]", file=report)
         if violations:
             status = 1
+        elif as_json:
+            print(json.dumps(json_format.MessageToDict(spec), ensure_ascii=False))
         else:
             print(f"{name}: ok ({sum(1 for _ in graph.walk(spec.nodes))} nodes)")
     return status
