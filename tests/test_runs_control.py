@@ -84,8 +84,9 @@ def test_human_approve_with_input_resumes_the_parked_run(api, tenant) -> None:  
     with pytest.raises(grpc.RpcError) as info:  # the input must satisfy input_schema
         signal(api, tenant, run.name, "review", blueprint_pb2.HUMAN_DECISION_INPUT, {"x": 1})
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    signal(api, tenant, run.name, "review", blueprint_pb2.HUMAN_DECISION_INPUT,
-           {"note": "ship it"}, comment="looks good")
+    answered = signal(api, tenant, run.name, "review", blueprint_pb2.HUMAN_DECISION_INPUT,
+                      {"note": "ship it"}, comment="looks good")
+    assert "review" in nodes(answered)  # the answer comes with the run's node records
     done = wait(api, tenant, run.name)
     assert done.state == State.RUN_STATE_SUCCEEDED, done.error
     out = py(done.output)

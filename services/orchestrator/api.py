@@ -56,12 +56,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def SignalRun(self, request: orchestrator_pb2.SignalRunRequest,
                         context: grpc.aio.ServicerContext) -> run_pb2.Run:
-        row = await self.runs.signal(
+        await self.runs.signal(
             request.name, node=request.node, decision=int(request.decision),
             value=json_format.MessageToDict(request.input) if request.HasField("input")
             else None, has_value=request.HasField("input"), comment=request.comment,
             actor=principal.current().token_name)
-        return convert.run(row)
+        # The run as of the signal, with its node records (the answered node resumes a moment
+        # later, when a worker picks the run up).
+        view = await self.runs.get(request.name)
+        return convert.run(view.row, view.nodes, view.attempts)
 
     async def StreamRunEvents(self, request: orchestrator_pb2.StreamRunEventsRequest,
                               context: grpc.aio.ServicerContext
