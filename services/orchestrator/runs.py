@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,11 @@ class Prepared:
     blueprint_id: str | None
     version: int | None
     pins: dict[str, int]
+    # spec_json serialized once (a cached blueprint starts many runs).
+    spec_text: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.spec_text = store.dumps(self.spec_json)
 
 
 @dataclass
@@ -149,7 +154,8 @@ class Runs:
         row = await store.insert_run(
             conn, run_id="run-" + secrets.token_hex(8), project_id=project,
             blueprint_id=prepared.blueprint_id, blueprint_version=prepared.version,
-            spec=prepared.spec_json, pins=prepared.pins, inputs=inputs, request_id=request_id,
+            spec=prepared.spec_json, spec_text=prepared.spec_text, pins=prepared.pins,
+            inputs=inputs, request_id=request_id,
             creator=creator, deadline=deadline, parent_run_id=parent_run,
             parent_node=parent_node, depth=depth,
             worker_id=worker.config.worker_id if local and worker else None,

@@ -40,13 +40,15 @@ async def insert_run(conn: psycopg.AsyncConnection, *, run_id: str, project_id: 
                      request_id: str | None, creator: str, deadline: datetime,
                      parent_run_id: str | None = None, parent_node: str | None = None,
                      depth: int = 0, worker_id: str | None = None,
-                     lease_s: float = 0.0) -> dict[str, Any] | None:
+                     lease_s: float = 0.0, spec_text: str | None = None
+                     ) -> dict[str, Any] | None:
     """Insert a QUEUED run and its RUN_QUEUED event in one statement. With `worker_id` the run
-    is born claimed by that worker (it starts here without a claim round trip). Returns None
-    when `request_id` was used before (the caller reads that run)."""
+    is born claimed by that worker (it starts here without a claim round trip). Returns the
+    run's row (the columns the database filled, the rest as given: the blueprint snapshot is
+    not read back), or None when `request_id` was used before (the caller reads that run)."""
     claimed = worker_id is not None
-    return await (await conn.execute(
-        f"""
+    row = await (await conn.execute(
+        """
         WITH ins AS (
           INSERT INTO runs (id, project_id, blueprint_id, blueprint_version, spec, pins, inputs,
                             request_id, creator, parent_run_id, parent_node, depth, deadline,
@@ -59,18 +61,29 @@ async def insert_run(conn: psycopg.AsyncConnection, *, run_id: str, project_id: 
                  CASE WHEN %(claimed)s THEN now() + make_interval(secs => %(lease)s) END,
                  %(claims)s::int, CASE WHEN %(claimed)s THEN now() END
           ON CONFLICT (project_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
-          RETURNING {_RUN_COLUMNS}
+          RETURNING id, state, worker_id, lease_expires_at, claim_count, create_time,
+                    start_time, deadline
         ), ev AS (
           INSERT INTO run_events (run_id, seq, type, payload)
-          SELECT id, 1, 'RUN_QUEUED', '{{}}'::jsonb FROM ins
+          SELECT id, 1, 'RUN_QUEUED', '{}'::jsonb FROM ins
         )
         SELECT * FROM ins""",
         {"id": run_id, "project": project_id, "bid": blueprint_id, "version": blueprint_version,
-         "spec": dumps(spec), "pins": dumps(pins), "inputs": dumps(inputs), "rid": request_id,
-         "creator": creator, "parent": parent_run_id, "pnode": parent_node, "depth": depth,
+         "spec": spec_text if spec_text is not None else dumps(spec), "pins": dumps(pins),
+         "inputs": dumps(inputs), "rid": request_id, "creator": creator,
+         "parent": parent_run_id, "pnode": parent_node, "depth": depth,
          "deadline": deadline, "state": "RUNNING" if claimed else "QUEUED",
          "worker": worker_id, "claimed": claimed, "lease": lease_s,
          "claims": 1 if claimed else 0})).fetchone()
+    if row is None:
+        return None
+    return {"project_id": project_id, "blueprint_id": blueprint_id,
+            "blueprint_version": blueprint_version, "spec": spec, "pins": pins,
+            "inputs": inputs, "output": None, "error": None, "usage": {},
+            "request_id": request_id, "creator": creator, "parent_run_id": parent_run_id,
+            "parent_node": parent_node, "depth": depth, "wake_at": None,
+            "cancel_requested": False, "cancel_reason": None, "last_event_seq": 1,
+            "end_time": None, **row}
 
 
 async def run_by_request_id(conn: psycopg.AsyncConnection, project_id: str,
@@ -235,7 +248,9 @@ _BATCH = """
 WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
   -- The fence and the run's own update in one row write: only runs this worker still holds
   -- at the claim it knows (a newer claim changed claim_count; the row lock lasts only for
-  -- this statement).
+  -- this statement). A batch written again after an unacknowledged commit finds the run
+  -- released by its own first write (same claim, same final state): still ours.
+  -- `id = ANY(ids)` makes the plan an index probe per run, whatever the table's size.
   UPDATE runs r SET
     state = COALESCE(x.state, r.state),
     output = CASE WHEN x.set_output THEN x.output ELSE r.output END,
@@ -252,7 +267,8 @@ WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
          id text, claim int, state text, set_output bool, output jsonb, error jsonb,
          usage jsonb, last_seq bigint, end_time timestamptz, release bool, park bool,
          wake_at timestamptz)
-  WHERE r.id = x.id AND r.claim_count = x.claim AND r.worker_id = %(w)s
+  WHERE r.id = ANY(%(ids)s::text[]) AND r.id = x.id AND r.claim_count = x.claim
+    AND (r.worker_id = %(w)s OR (r.worker_id IS NULL AND x.release AND r.state = x.state))
   RETURNING r.id
 ), nodes AS (
   INSERT INTO run_nodes AS n (run_id, path, node_id, kind, state, attempt, output, error, usage,
@@ -298,7 +314,9 @@ async def write_batch(conn: psycopg.AsyncConnection, worker_id: str,
     """Write one checkpoint batch (node records, attempts, events, run updates of many runs) in
     one statement; returns the runs it was written for (the others are no longer this
     worker's: their writes were dropped)."""
-    rows = await (await conn.execute(_BATCH, {"b": dumps(batch), "w": worker_id})).fetchall()
+    rows = await (await conn.execute(_BATCH, {"b": dumps(batch), "w": worker_id,
+                                              "ids": [r["id"] for r in batch["runs"]]})
+                  ).fetchall()
     return {row["id"] for row in rows}
 
 
