@@ -18,6 +18,8 @@ from typing import Any
 
 import psycopg
 
+from .prepared import PreparedStatement
+
 TERMINAL_RUN_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 ACTIVE_RUN_STATES = ("QUEUED", "RUNNING", "WAITING")
 
@@ -245,7 +247,7 @@ async def release(conn: psycopg.AsyncConnection, worker_id: str, run_ids: list[s
 # -- checkpoint batches ---------------------------------------------------------------------
 
 _BATCH = """
-WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
+WITH doc AS (SELECT $1::jsonb AS b), owned AS (
   -- The fence and the run's own update in one row write: only runs this worker still holds
   -- at the claim it knows (a newer claim changed claim_count; the row lock lasts only for
   -- this statement). A batch written again after an unacknowledged commit finds the run
@@ -267,8 +269,8 @@ WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
          id text, claim int, state text, set_output bool, output jsonb, error jsonb,
          usage jsonb, last_seq bigint, end_time timestamptz, release bool, park bool,
          wake_at timestamptz)
-  WHERE r.id = ANY(%(ids)s::text[]) AND r.id = x.id AND r.claim_count = x.claim
-    AND (r.worker_id = %(w)s OR (r.worker_id IS NULL AND x.release AND r.state = x.state))
+  WHERE r.id = ANY($3::text[]) AND r.id = x.id AND r.claim_count = x.claim
+    AND (r.worker_id = $2::text OR (r.worker_id IS NULL AND x.release AND r.state = x.state))
   RETURNING r.id
 ), nodes AS (
   INSERT INTO run_nodes AS n (run_id, path, node_id, kind, state, attempt, output, error, usage,
@@ -289,7 +291,7 @@ WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
 ), attempts AS (
   INSERT INTO node_attempts AS a (run_id, path, attempt, idempotency_key, worker_id, outcome,
                                   start_time, end_time)
-  SELECT x.run_id, x.path, x.attempt, x.key, %(w)s, x.outcome, x.start_time, x.end_time
+  SELECT x.run_id, x.path, x.attempt, x.key, $2::text, x.outcome, x.start_time, x.end_time
   FROM jsonb_to_recordset((SELECT b FROM doc) -> 'attempts') AS x(
          run_id text, path text, attempt int, key text, outcome text, start_time timestamptz,
          end_time timestamptz)
@@ -309,15 +311,23 @@ SELECT id FROM owned
 """
 
 
+BATCH = PreparedStatement("iceos_checkpoint_batch", _BATCH)
+
+
 async def write_batch(conn: psycopg.AsyncConnection, worker_id: str,
                       batch: dict[str, Any]) -> set[str]:
     """Write one checkpoint batch (node records, attempts, events, run updates of many runs) in
     one statement; returns the runs it was written for (the others are no longer this
-    worker's: their writes were dropped)."""
-    rows = await (await conn.execute(_BATCH, {"b": dumps(batch), "w": worker_id,
-                                              "ids": [r["id"] for r in batch["runs"]]})
-                  ).fetchall()
-    return {row["id"] for row in rows}
+    worker's: their writes were dropped). `conn` must have BATCH prepared."""
+    ids = [r["id"] for r in batch["runs"]]
+    rows = await BATCH.execute(conn, [dumps(batch), worker_id, text_array(ids)])
+    return {row for row in rows if row is not None}
+
+
+def text_array(values: list[str]) -> str:
+    """A Postgres text[] literal."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                          for v in values) + "}"
 
 
 async def wake_parents(conn: psycopg.AsyncConnection, parent_ids: list[str]) -> None:

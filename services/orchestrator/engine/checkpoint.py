@@ -259,13 +259,16 @@ class CheckpointWriter:
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         """The writer's own connection: one batch at a time needs no pool, and skipping the
-        pool's per-checkout health query halves the round trips of a commit."""
+        pool's per-checkout health query halves the round trips of a commit. The batch
+        statement is prepared on it once."""
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await psycopg.AsyncConnection.connect(
+            conn = await psycopg.AsyncConnection.connect(
                 self.db.url, autocommit=True, row_factory=dict_row, connect_timeout=5,
                 prepare_threshold=0)
             # One statement, run thousands of times: plan it once.
-            await self._conn.execute("SET plan_cache_mode = force_generic_plan")
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            await store.BATCH.prepare(conn)
+            self._conn = conn
         return self._conn
 
     async def _drop_connection(self) -> None:
