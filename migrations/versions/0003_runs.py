@@ -62,14 +62,14 @@ def upgrade() -> None:
         deadline           timestamptz,
         cancel_requested   boolean NOT NULL DEFAULT false,
         cancel_reason      text,
-        last_event_seq     bigint NOT NULL DEFAULT 0,
         create_time        timestamptz NOT NULL DEFAULT now(),
         start_time         timestamptz,
         end_time           timestamptz,
         update_time        timestamptz NOT NULL DEFAULT now()
     );
-    -- A run row is updated with every checkpoint batch: keep the blueprint snapshot and the
-    -- inputs out of line (uncompressed) so an update copies a small row, not the blueprint.
+    -- A run row is updated by heartbeats and by the run's own changes (checkpoint batches only
+    -- lock it; its last event sequence is read from run_events): keep the blueprint snapshot
+    -- and the inputs out of line (uncompressed) so an update copies a small row.
     ALTER TABLE runs ALTER COLUMN spec SET STORAGE EXTERNAL,
                      ALTER COLUMN inputs SET STORAGE EXTERNAL,
                      ALTER COLUMN pins SET STORAGE EXTERNAL,

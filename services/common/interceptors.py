@@ -32,6 +32,7 @@ from .principal import Principal, Role, reset_current, set_current
 
 log = logging.getLogger(__name__)
 
+AUDIT_LINGER_S = 0.02
 _AUDIT_INSERT = """
 INSERT INTO audit_log (time, organization_id, project_id, actor, method, resource, outcome,
                        request_id, details)
@@ -145,6 +146,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     async def _write_audit(self) -> None:
         try:
+            await asyncio.sleep(AUDIT_LINGER_S)  # let a burst of calls share the INSERT
             while self._audit_queue:
                 records, self._audit_queue = self._audit_queue, []
                 try:

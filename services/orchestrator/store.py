@@ -23,11 +23,22 @@ from .prepared import PreparedStatement
 TERMINAL_RUN_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 ACTIVE_RUN_STATES = ("QUEUED", "RUNNING", "WAITING")
 
-_RUN_COLUMNS = (
-    "id, project_id, blueprint_id, blueprint_version, spec, pins, inputs, state, output, error,"
-    " usage, request_id, creator, parent_run_id, parent_node, depth, worker_id,"
-    " lease_expires_at, claim_count, wake_at, deadline, cancel_requested, cancel_reason,"
-    " last_event_seq, create_time, start_time, end_time")
+_RUN_FIELDS = (
+    "id", "project_id", "blueprint_id", "blueprint_version", "spec", "pins", "inputs", "state",
+    "output", "error", "usage", "request_id", "creator", "parent_run_id", "parent_node", "depth",
+    "worker_id", "lease_expires_at", "claim_count", "wake_at", "deadline", "cancel_requested",
+    "cancel_reason", "create_time", "start_time", "end_time")
+
+
+def _last_event_seq(table: str) -> str:
+    """The run's last event sequence, read from the log itself (an index probe): checkpoint
+    batches do not rewrite the run's row for every event."""
+    return (f"(SELECT COALESCE(max(e.seq), 0) FROM run_events e WHERE e.run_id = {table}.id)"
+            " AS last_event_seq")
+
+
+def _run_columns(table: str) -> str:
+    return ", ".join(f"{table}.{c}" for c in _RUN_FIELDS) + ", " + _last_event_seq(table)
 
 
 def dumps(value: Any) -> str:
@@ -54,12 +65,11 @@ async def insert_run(conn: psycopg.AsyncConnection, *, run_id: str, project_id: 
         WITH ins AS (
           INSERT INTO runs (id, project_id, blueprint_id, blueprint_version, spec, pins, inputs,
                             request_id, creator, parent_run_id, parent_node, depth, deadline,
-                            last_event_seq, state, worker_id, lease_expires_at, claim_count,
-                            start_time)
+                            state, worker_id, lease_expires_at, claim_count, start_time)
           SELECT %(id)s::text, %(project)s::text, %(bid)s::text, %(version)s::bigint,
                  %(spec)s::jsonb, %(pins)s::jsonb, %(inputs)s::jsonb, %(rid)s::text,
                  %(creator)s::text, %(parent)s::text, %(pnode)s::text, %(depth)s::int,
-                 %(deadline)s::timestamptz, 1, %(state)s::text, %(worker)s::text,
+                 %(deadline)s::timestamptz, %(state)s::text, %(worker)s::text,
                  CASE WHEN %(claimed)s THEN now() + make_interval(secs => %(lease)s) END,
                  %(claims)s::int, CASE WHEN %(claimed)s THEN now() END
           ON CONFLICT (project_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
@@ -91,7 +101,7 @@ async def insert_run(conn: psycopg.AsyncConnection, *, run_id: str, project_id: 
 async def run_by_request_id(conn: psycopg.AsyncConnection, project_id: str,
                             request_id: str) -> dict[str, Any] | None:
     return await (await conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM runs WHERE project_id = %s AND request_id = %s",
+        f"SELECT {_run_columns('runs')} FROM runs WHERE project_id = %s AND request_id = %s",
         (project_id, request_id))).fetchone()
 
 
@@ -114,7 +124,7 @@ async def organization_of(conn: psycopg.AsyncConnection, project_id: str) -> str
 async def get_run(conn: psycopg.AsyncConnection, project_id: str,
                   run_id: str) -> dict[str, Any] | None:
     return await (await conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM runs WHERE project_id = %s AND id = %s",
+        f"SELECT {_run_columns('runs')} FROM runs WHERE project_id = %s AND id = %s",
         (project_id, run_id))).fetchone()
 
 
@@ -123,7 +133,7 @@ async def run_view(conn: psycopg.AsyncConnection, project_id: str,
                                          list[dict[str, Any]]] | None:
     """A run with its node records and attempts in one round trip."""
     row = await (await conn.execute(
-        f"""SELECT {_RUN_COLUMNS},
+        f"""SELECT {_run_columns('r')},
           (SELECT COALESCE(json_agg(n ORDER BY n.start_time NULLS LAST, n.update_time, n.path),
                            '[]') FROM run_nodes n WHERE n.run_id = r.id) AS node_rows,
           (SELECT COALESCE(json_agg(a ORDER BY a.path, a.attempt), '[]')
@@ -143,11 +153,17 @@ async def run_view(conn: psycopg.AsyncConnection, project_id: str,
     return row, nodes, attempts
 
 
-async def run_nodes(conn: psycopg.AsyncConnection, run_id: str) -> list[dict[str, Any]]:
-    return await (await conn.execute(
+async def checkpoint(conn: psycopg.AsyncConnection,
+                     run_id: str) -> tuple[list[dict[str, Any]], int]:
+    """What a resuming worker reads: the run's node records and its last event sequence."""
+    nodes = await (await conn.execute(
         "SELECT path, node_id, kind, state, attempt, output, error, usage, wake_at, start_time,"
         " end_time FROM run_nodes WHERE run_id = %s"
         " ORDER BY start_time NULLS LAST, update_time, path", (run_id,))).fetchall()
+    row = await (await conn.execute(
+        "SELECT COALESCE(max(seq), 0) AS seq FROM run_events WHERE run_id = %s",
+        (run_id,))).fetchone()
+    return nodes, int(row["seq"]) if row else 0
 
 
 async def list_runs(conn: psycopg.AsyncConnection, project_id: str, *,
@@ -172,7 +188,7 @@ async def list_runs(conn: psycopg.AsyncConnection, project_id: str, *,
         params.extend(after)
     params.append(limit)
     return await (await conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)}"
+        f"SELECT {_run_columns('runs')} FROM runs WHERE {' AND '.join(where)}"
         " ORDER BY create_time DESC, id DESC LIMIT %s", params)).fetchall()
 
 
@@ -186,7 +202,8 @@ async def events_after(conn: psycopg.AsyncConnection, run_id: str, after: int,
 async def progress(conn: psycopg.AsyncConnection, run_ids: list[str]) -> list[dict[str, Any]]:
     """(id, state, last_event_seq) of several runs: what a poll compares."""
     return await (await conn.execute(
-        "SELECT id, state, last_event_seq FROM runs WHERE id = ANY(%s)", (run_ids,))).fetchall()
+        f"SELECT runs.id, runs.state, {_last_event_seq('runs')} FROM runs"
+        " WHERE runs.id = ANY(%s)", (run_ids,))).fetchall()
 
 
 async def signal_for(conn: psycopg.AsyncConnection, run_id: str,
@@ -198,7 +215,7 @@ async def signal_for(conn: psycopg.AsyncConnection, run_id: str,
 
 async def child_run(conn: psycopg.AsyncConnection, run_id: str) -> dict[str, Any] | None:
     return await (await conn.execute(
-        "SELECT id, project_id, state, output, error, last_event_seq FROM runs WHERE id = %s",
+        "SELECT id, project_id, state, output, error FROM runs WHERE id = %s",
         (run_id,))).fetchone()
 
 
@@ -222,7 +239,7 @@ async def claim(conn: psycopg.AsyncConnection, worker_id: str, lease_s: float,
                      OR (state = 'WAITING' AND wake_at <= now()))
               ORDER BY create_time LIMIT %s FOR UPDATE SKIP LOCKED) c
         WHERE r.id = c.id
-        RETURNING c.prev_state, {', '.join('r.' + c.strip() for c in _RUN_COLUMNS.split(','))}
+        RETURNING c.prev_state, {', '.join('r.' + c for c in _RUN_FIELDS)}
         """, (worker_id, lease_s, limit))).fetchall()
 
 
@@ -248,17 +265,25 @@ async def release(conn: psycopg.AsyncConnection, worker_id: str, run_ids: list[s
 
 _BATCH = """
 WITH doc AS (SELECT $1::jsonb AS b), owned AS (
-  -- The fence and the run's own update in one row write: only runs this worker still holds
-  -- at the claim it knows (a newer claim changed claim_count; the row lock lasts only for
-  -- this statement). A batch written again after an unacknowledged commit finds the run
+  -- The fence: only runs this worker still holds at the claim it knows (a newer claim changed
+  -- claim_count), row-locked for this statement only. KEY SHARE is enough: a claim (FOR
+  -- UPDATE) waits for this statement and then sees the new claim_count, while heartbeats,
+  -- cancels and signals do not wait. Nothing of the row is rewritten unless the run itself
+  -- changes (below). A batch written again after an unacknowledged commit finds the run
   -- released by its own first write (same claim, same final state): still ours.
-  -- `id = ANY(ids)` makes the plan an index probe per run, whatever the table's size.
+  -- `id = ANY(ids)` makes the plans index probes, whatever the table's size.
+  SELECT r.id FROM runs r, jsonb_to_recordset((SELECT b FROM doc) -> 'runs') AS x(
+         id text, claim int, state text, release bool)
+  WHERE r.id = ANY($3::text[]) AND r.id = x.id AND r.claim_count = x.claim
+    AND (r.worker_id = $2::text OR (r.worker_id IS NULL AND x.release AND r.state = x.state))
+  FOR KEY SHARE OF r
+), updated AS (
+  -- The run's own changes (state, output, usage, lease release, parking), when it has some.
   UPDATE runs r SET
     state = COALESCE(x.state, r.state),
     output = CASE WHEN x.set_output THEN x.output ELSE r.output END,
     error = COALESCE(x.error, r.error),
     usage = COALESCE(x.usage, r.usage),
-    last_event_seq = GREATEST(r.last_event_seq, COALESCE(x.last_seq, 0)),
     end_time = COALESCE(x.end_time, r.end_time),
     worker_id = CASE WHEN x.release THEN NULL ELSE r.worker_id END,
     lease_expires_at = CASE WHEN x.release THEN NULL ELSE r.lease_expires_at END,
@@ -266,12 +291,10 @@ WITH doc AS (SELECT $1::jsonb AS b), owned AS (
                    WHEN x.release THEN NULL ELSE r.wake_at END,
     update_time = now()
   FROM jsonb_to_recordset((SELECT b FROM doc) -> 'runs') AS x(
-         id text, claim int, state text, set_output bool, output jsonb, error jsonb,
-         usage jsonb, last_seq bigint, end_time timestamptz, release bool, park bool,
-         wake_at timestamptz)
-  WHERE r.id = ANY($3::text[]) AND r.id = x.id AND r.claim_count = x.claim
-    AND (r.worker_id = $2::text OR (r.worker_id IS NULL AND x.release AND r.state = x.state))
-  RETURNING r.id
+         id text, changed bool, state text, set_output bool, output jsonb, error jsonb,
+         usage jsonb, end_time timestamptz, release bool, park bool, wake_at timestamptz)
+  WHERE x.changed AND r.id = ANY($3::text[]) AND r.id = x.id
+    AND r.id IN (SELECT id FROM owned)
 ), nodes AS (
   INSERT INTO run_nodes AS n (run_id, path, node_id, kind, state, attempt, output, error, usage,
                               wake_at, start_time, end_time, update_time)

@@ -223,8 +223,8 @@ class CheckpointWriter:
             "attempts": [{"run_id": run_id, **record} for run_id, b in batches.items()
                          for record in b.attempts.values()],
             "events": [e for b in batches.values() for e in b.events],
-            "runs": [{"id": run_id, "claim": b.claim, "last_seq": b.last_seq, **(b.run or {})}
-                     for run_id, b in batches.items()],
+            "runs": [{"id": run_id, "claim": b.claim, "changed": b.run is not None,
+                      **(b.run or {})} for run_id, b in batches.items()],
         }
         parents = [b.wake_parent for b in batches.values() if b.wake_parent]
         cancels = [(run_id, b.cancel_children_reason) for run_id, b in batches.items()

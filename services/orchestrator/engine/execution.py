@@ -178,7 +178,9 @@ class Execution:
         self.pins: dict[str, int] = row.get("pins") or {}
         self.deadline: datetime = row["deadline"]
         self.prev_state: str = row.get("prev_state") or "QUEUED"
-        self.seq: int = int(row["last_event_seq"])
+        # The last event's sequence: known for a run born here; read with the checkpoints
+        # otherwise (_load).
+        self.seq: int = int(row.get("last_event_seq") or 0)
         self.records: dict[str, NodeRecord] = {}
         self.usage: dict[str, int] = dict(row.get("usage") or {})
         self.output_bytes = 0
@@ -258,8 +260,8 @@ class Execution:
         deadline = loop.call_later(max(0.0, (self.deadline - now()).total_seconds()),
                                    self.request_stop, "TIMED_OUT")
         try:
-            if self.prev_state != "QUEUED":  # a fresh run has no checkpoints to read
-                await self._load()
+            if self.prev_state != "QUEUED" or "last_event_seq" not in self.row:
+                await self._load()  # a run born here has no checkpoints to read
             await self._run()
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -285,7 +287,7 @@ class Execution:
                 self._park_timer.cancel()
 
     async def _load(self) -> None:
-        rows = await self.worker.checkpoints(self.run_id)
+        rows, self.seq = await self.worker.checkpoints(self.run_id)
         self.records = {r["path"]: NodeRecord.from_row(r) for r in rows}
         self.output_bytes = sum(to_json_size(r.output) for r in self.records.values()
                                 if r.state == "SUCCEEDED")

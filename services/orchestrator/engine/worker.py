@@ -282,8 +282,9 @@ class Worker:
                 waited += delay
                 delay = min(delay * 2, 2.0)
 
-    async def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
-        return await self._read(store.run_nodes, run_id, patience_s=float("inf"))
+    async def checkpoints(self, run_id: str) -> tuple[list[dict[str, Any]], int]:
+        """The run's node records and its last event sequence."""
+        return await self._read(store.checkpoint, run_id, patience_s=float("inf"))
 
     async def component(self, project_id: str, ref: str, version: int = 0) -> Component | None:
         if ref.startswith("builtins/"):
