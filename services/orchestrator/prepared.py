@@ -30,8 +30,8 @@ class PreparedStatement:
         await conn.execute(f"PREPARE {self.name} AS {self.sql}")
 
     async def execute(self, conn: psycopg.AsyncConnection[Any],
-                      params: list[str | None]) -> list[str | None]:
-        """The first column of the rows it returns, as text."""
+                      params: list[str | None]) -> list[tuple[str | None, ...]]:
+        """The rows it returns, as text."""
         pgconn = conn.pgconn
         pgconn.send_query_prepared(self.name.encode(),
                                    [p.encode() if p is not None else None for p in params])
@@ -43,14 +43,15 @@ class PreparedStatement:
                 break
             await _ready(pgconn.socket)
         failure: psycopg.Error | None = None
-        rows: list[str | None] = []
+        rows: list[tuple[str | None, ...]] = []
         while (result := pgconn.get_result()) is not None:
             if result.status not in _OK:
                 failure = failure or pg_errors.error_from_result(result)
             elif result.status == pq.ExecStatus.TUPLES_OK:
+                columns = range(result.nfields)
                 for i in range(result.ntuples):
-                    value = result.get_value(i, 0)
-                    rows.append(value.decode() if value is not None else None)
+                    rows.append(tuple(None if (value := result.get_value(i, j)) is None
+                                      else value.decode() for j in columns))
         if failure is not None:
             raise failure
         return rows

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from .engine.worker import Worker
 
 RUN_PATTERN = "projects/{project}/runs/{run}"
+# How long StartRun waits for the commit of its insert (Postgres away: it may land later).
+CREATE_PATIENCE_S = 10.0
 DECISIONS = {1: "APPROVE", 2: "REJECT", 3: "INPUT"}
 
 
@@ -110,9 +112,9 @@ class Runs:
                     "REQUIRED")
             self._check_inputs(prepared.spec, inputs, "inputs", errors.InvalidArgument)
             await self._check_capacity(conn, project)
-            row = await self._insert(conn, project, prepared, inputs, request_id or None,
-                                     creator, self._deadline(prepared.spec, timeout))
-        return row
+        # The pool connection is given back before the insert: it waits for a shared commit.
+        return await self._insert(project, prepared, inputs, request_id or None, creator,
+                                  self._deadline(prepared.spec, timeout))
 
     async def _check_capacity(self, conn: psycopg.AsyncConnection, project: str) -> None:
         """RESOURCE_EXHAUSTED at the project's limit of unfinished runs. Far from the limit a
@@ -145,26 +147,48 @@ class Runs:
             seconds = self.config.run_timeout_s
         return now() + timedelta(seconds=min(seconds, self.config.max_run_timeout_s))
 
-    async def _insert(self, conn: psycopg.AsyncConnection, project: str, prepared: Prepared,
-                      inputs: dict[str, Any], request_id: str | None, creator: str,
-                      deadline: datetime, *, parent_run: str | None = None,
-                      parent_node: str | None = None, depth: int = 0) -> dict[str, Any]:
+    async def _insert(self, project: str, prepared: Prepared, inputs: dict[str, Any],
+                      request_id: str | None, creator: str, deadline: datetime, *,
+                      parent_run: str | None = None, parent_node: str | None = None,
+                      depth: int = 0) -> dict[str, Any]:
+        """Create the run: born claimed by this process's worker when it has room (it starts
+        here without a claim round trip), else QUEUED for any worker. With the worker running,
+        the insert joins its next checkpoint batch (runs started at once share a commit)."""
         worker = self.worker
         local = worker is not None and worker.capacity() > 0
-        row = await store.insert_run(
-            conn, run_id="run-" + secrets.token_hex(8), project_id=project,
-            blueprint_id=prepared.blueprint_id, blueprint_version=prepared.version,
-            spec=prepared.spec_json, spec_text=prepared.spec_text, pins=prepared.pins,
-            inputs=inputs, request_id=request_id,
-            creator=creator, deadline=deadline, parent_run_id=parent_run,
-            parent_node=parent_node, depth=depth,
+        run_id = "run-" + secrets.token_hex(8)
+        fields = dict(
+            run_id=run_id, project_id=project, blueprint_id=prepared.blueprint_id,
+            blueprint_version=prepared.version, spec=prepared.spec_json, pins=prepared.pins,
+            inputs=inputs, request_id=request_id, creator=creator, deadline=deadline,
+            parent_run_id=parent_run, parent_node=parent_node, depth=depth,
             worker_id=worker.config.worker_id if local and worker else None,
             lease_s=self.config.lease_s)
-        if row is None:  # the same request_id won a race
-            assert request_id is not None
-            existing = await store.run_by_request_id(conn, project, request_id)
-            assert existing is not None
-            return existing
+        row: dict[str, Any] | None
+        if worker is not None and worker.writer.running:
+            record = store.new_run(**fields)  # type: ignore[arg-type]
+            try:
+                filled = await asyncio.wait_for(worker.writer.create_run(record),
+                                                CREATE_PATIENCE_S)
+            except TimeoutError:
+                raise errors.Unavailable(
+                    "the database is unavailable; the run may still be created: retry with "
+                    "the same request_id") from None
+            row = store.created_row(record, filled) if filled is not None else None
+        else:
+            async with self.db.connection() as conn:
+                row = await store.insert_run(conn, spec_text=prepared.spec_text,
+                                             **fields)  # type: ignore[arg-type]
+        if row is None:
+            # The request_id was taken (a concurrent StartRun won), or this insert was written
+            # again after a commit that landed unacknowledged: read what is there.
+            async with self.db.connection() as conn:
+                row = await store.get_run(conn, project, run_id)
+                if row is None:
+                    assert request_id is not None
+                    existing = await store.run_by_request_id(conn, project, request_id)
+                    assert existing is not None
+                    return existing
         if local and worker is not None:
             worker.adopt({**row, "prev_state": "QUEUED"}, prepared.spec)
         else:
@@ -340,11 +364,11 @@ class Runs:
                 self._check_inputs(prepared.spec, args, "args", errors.InvalidArgument)
             except errors.InvalidArgument as exc:
                 raise NodeFailure("CHILD_INPUT_INVALID", exc.message) from None
-            row = await self._insert(conn, ex.project_id, prepared, args, request_id,
-                                     ex.row.get("creator") or "",
-                                     min(ex.deadline, self._deadline(prepared.spec, None)),
-                                     parent_run=ex.run_id, parent_node=path, depth=depth)
-            return row["id"]
+        row = await self._insert(ex.project_id, prepared, args, request_id,
+                                 ex.row.get("creator") or "",
+                                 min(ex.deadline, self._deadline(prepared.spec, None)),
+                                 parent_run=ex.run_id, parent_node=path, depth=depth)
+        return row["id"]
 
     # -- reads ------------------------------------------------------------------------------------
 

@@ -74,7 +74,7 @@ async def insert_run(conn: psycopg.AsyncConnection, *, run_id: str, project_id: 
                  %(claims)s::int, CASE WHEN %(claimed)s THEN now() END
           ON CONFLICT (project_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
           RETURNING id, state, worker_id, lease_expires_at, claim_count, create_time,
-                    start_time, deadline
+                    start_time
         ), ev AS (
           INSERT INTO run_events (run_id, seq, type, payload)
           SELECT id, 1, 'RUN_QUEUED', '{}'::jsonb FROM ins
@@ -89,13 +89,33 @@ async def insert_run(conn: psycopg.AsyncConnection, *, run_id: str, project_id: 
          "claims": 1 if claimed else 0})).fetchone()
     if row is None:
         return None
-    return {"project_id": project_id, "blueprint_id": blueprint_id,
+    return created_row(new_run(
+        run_id=run_id, project_id=project_id, blueprint_id=blueprint_id,
+        blueprint_version=blueprint_version, spec=spec, pins=pins, inputs=inputs,
+        request_id=request_id, creator=creator, deadline=deadline, parent_run_id=parent_run_id,
+        parent_node=parent_node, depth=depth, worker_id=worker_id, lease_s=lease_s), row)
+
+
+def new_run(*, run_id: str, project_id: str, blueprint_id: str | None,
+            blueprint_version: int | None, spec: dict[str, Any], pins: dict[str, int],
+            inputs: dict[str, Any], request_id: str | None, creator: str, deadline: datetime,
+            parent_run_id: str | None = None, parent_node: str | None = None, depth: int = 0,
+            worker_id: str | None = None, lease_s: float = 0.0) -> dict[str, Any]:
+    """A run to create with a checkpoint batch (CheckpointWriter.create_run): QUEUED, or born
+    claimed by `worker_id`."""
+    return {"id": run_id, "project_id": project_id, "blueprint_id": blueprint_id,
             "blueprint_version": blueprint_version, "spec": spec, "pins": pins,
-            "inputs": inputs, "output": None, "error": None, "usage": {},
-            "request_id": request_id, "creator": creator, "parent_run_id": parent_run_id,
-            "parent_node": parent_node, "depth": depth, "wake_at": None,
-            "cancel_requested": False, "cancel_reason": None, "last_event_seq": 1,
-            "end_time": None, **row}
+            "inputs": inputs, "request_id": request_id, "creator": creator,
+            "parent_run_id": parent_run_id, "parent_node": parent_node, "depth": depth,
+            "deadline": deadline.isoformat(), "worker_id": worker_id, "lease_s": lease_s}
+
+
+def created_row(record: dict[str, Any], filled: dict[str, Any]) -> dict[str, Any]:
+    """The row of a run just created: the record as given (the blueprint snapshot is not read
+    back) and the columns the database filled."""
+    return {**record, "deadline": datetime.fromisoformat(record["deadline"]), "output": None,
+            "error": None, "usage": {}, "wake_at": None, "cancel_requested": False,
+            "cancel_reason": None, "last_event_seq": 1, "end_time": None, **filled}
 
 
 async def run_by_request_id(conn: psycopg.AsyncConnection, project_id: str,
@@ -329,22 +349,63 @@ WITH doc AS (SELECT $1::jsonb AS b), owned AS (
          run_id text, seq bigint, type text, node text, payload jsonb, time timestamptz)
   WHERE x.run_id IN (SELECT id FROM owned)
   ON CONFLICT (run_id, seq) DO NOTHING
-)
-SELECT id FROM owned
-"""
+)"""
+
+# Runs started meanwhile (StartRun, child runs) are inserted with the batch, so concurrent
+# starts share its commit. A batch written again after an unacknowledged commit finds them
+# (any unique key: DO NOTHING) and reports them not created; the caller reads them then.
+_CREATE_RUNS = """, created AS (
+  INSERT INTO runs (id, project_id, blueprint_id, blueprint_version, spec, pins, inputs,
+                    request_id, creator, parent_run_id, parent_node, depth, deadline, state,
+                    worker_id, lease_expires_at, claim_count, start_time)
+  SELECT x.id, x.project_id, x.blueprint_id, x.blueprint_version, x.spec, x.pins, x.inputs,
+         x.request_id, x.creator, x.parent_run_id, x.parent_node, x.depth, x.deadline,
+         CASE WHEN x.worker_id IS NULL THEN 'QUEUED' ELSE 'RUNNING' END, x.worker_id,
+         CASE WHEN x.worker_id IS NOT NULL THEN now() + make_interval(secs => x.lease_s) END,
+         CASE WHEN x.worker_id IS NOT NULL THEN 1 ELSE 0 END,
+         CASE WHEN x.worker_id IS NOT NULL THEN now() END
+  FROM jsonb_to_recordset((SELECT b FROM doc) -> 'created') AS x(
+         id text, project_id text, blueprint_id text, blueprint_version bigint, spec jsonb,
+         pins jsonb, inputs jsonb, request_id text, creator text, parent_run_id text,
+         parent_node text, depth int, deadline timestamptz, worker_id text, lease_s float8)
+  ON CONFLICT DO NOTHING
+  RETURNING id, state, worker_id, lease_expires_at, claim_count, create_time, start_time
+), created_events AS (
+  INSERT INTO run_events (run_id, seq, type, payload)
+  SELECT id, 1, 'RUN_QUEUED', '{}'::jsonb FROM created
+)"""
 
 
-BATCH = PreparedStatement("iceos_checkpoint_batch", _BATCH)
+BATCH = PreparedStatement("iceos_checkpoint_batch",
+                          _BATCH + "\nSELECT id, NULL::text FROM owned")
+BATCH_CREATING = PreparedStatement(
+    "iceos_checkpoint_batch_creating",
+    _BATCH + _CREATE_RUNS + "\nSELECT id, NULL::text FROM owned"
+    " UNION ALL SELECT id, row_to_json(created)::text FROM created")
 
 
 async def write_batch(conn: psycopg.AsyncConnection, worker_id: str,
-                      batch: dict[str, Any]) -> set[str]:
-    """Write one checkpoint batch (node records, attempts, events, run updates of many runs) in
-    one statement; returns the runs it was written for (the others are no longer this
-    worker's: their writes were dropped). `conn` must have BATCH prepared."""
+                      batch: dict[str, Any]) -> dict[str, Any]:
+    """Write one checkpoint batch (node records, attempts, events, run updates of many runs,
+    runs to create) in one statement. Returns the runs it was written for (id → True; the
+    others are no longer this worker's: their writes were dropped) and the runs it created
+    (id → the columns the database filled). `conn` must have both statements prepared."""
     ids = [r["id"] for r in batch["runs"]]
-    rows = await BATCH.execute(conn, [dumps(batch), worker_id, text_array(ids)])
-    return {row for row in rows if row is not None}
+    statement = BATCH_CREATING if batch.get("created") else BATCH
+    rows = await statement.execute(conn, [dumps(batch), worker_id, text_array(ids)])
+    written: dict[str, Any] = {}
+    for run_id, created in rows:
+        if run_id is None:
+            continue
+        if created is None:
+            written[run_id] = True
+        else:
+            row = json.loads(created)
+            for key in ("lease_expires_at", "create_time", "start_time"):
+                if row[key] is not None:
+                    row[key] = datetime.fromisoformat(row[key])
+            written[run_id] = row
+    return written
 
 
 def text_array(values: list[str]) -> str:

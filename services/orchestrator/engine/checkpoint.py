@@ -59,14 +59,16 @@ class _RunBatch:
     wake_parent: str | None = None
     cancel_children_reason: str | None = None
     last_seq: int = 0
+    # A run to insert (StartRun, a child run): its row as store.create_runs takes it.
+    create: dict[str, Any] | None = None
     # One future per flush() waiting for this batch (a cancelled waiter cancels only its own).
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    waiters: list[asyncio.Future[Any]] = field(default_factory=list)
 
-    def resolve(self, error: BaseException | None = None) -> None:
+    def resolve(self, error: BaseException | None = None, result: Any = None) -> None:
         for waiter in self.waiters:
             if not waiter.done():
                 if error is None:
-                    waiter.set_result(None)
+                    waiter.set_result(result)
                 else:
                     waiter.set_exception(error)
         self.waiters = []
@@ -86,6 +88,10 @@ class CheckpointWriter:
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
         self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     def start(self) -> None:
         if self._task is None:
@@ -158,6 +164,18 @@ class CheckpointWriter:
         self._dirty.set()
         await waiter
 
+    async def create_run(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Insert a run (and its RUN_QUEUED event) with the next batch, so that the runs
+        started at once share commits. Returns the columns the database filled, or None when
+        the run's request_id was used before."""
+        batch = self._batch(record["id"], 0)
+        batch.create = record
+        waiter = asyncio.get_running_loop().create_future()
+        batch.waiters.append(waiter)
+        self._dirty.set()
+        result: dict[str, Any] | None = await waiter
+        return result
+
     def discard(self, run_id: str) -> None:
         """Drop what is staged for a run this worker gave up."""
         batch = self._pending.pop(run_id, None)
@@ -175,15 +193,20 @@ class CheckpointWriter:
             self._inflight, self._pending = self._pending, {}
             batches = self._inflight
             try:
-                owned = await self._write(batches)
+                written, refused = await self._write(batches)
             except Exception as exc:  # noqa: BLE001 - a bug, not an outage: give the runs up
                 log.error("checkpoint batch failed; abandoning its runs", exc_info=exc)
-                owned = set()
+                written, refused = {}, {run_id: exc for run_id in batches}
             committed: list[tuple[str, int]] = []
             ended: set[str] = set()
             woken: list[str] = []
             for run_id, batch in batches.items():
-                if run_id in owned:
+                if batch.create is not None:
+                    if run_id in refused:
+                        batch.resolve(refused[run_id])
+                    else:  # None: its request_id was taken
+                        batch.resolve(result=written.get(run_id))
+                elif run_id in written:
                     if batch.last_seq:
                         committed.append((run_id, batch.last_seq))
                     if batch.run and batch.run.get("state") in store.TERMINAL_RUN_STATES:
@@ -200,23 +223,28 @@ class CheckpointWriter:
             if woken:
                 self.notifier.wake(woken)
 
-    async def _write(self, batches: dict[str, _RunBatch]) -> set[str]:
-        """Write the batches in one statement; the runs written (the others are not ours).
-        A batch the database refuses is written again one run at a time."""
+    async def _write(self, batches: dict[str, _RunBatch]
+                     ) -> tuple[dict[str, Any], dict[str, Exception]]:
+        """Write the batches in one statement. Returns what was written (run id → True, or the
+        new row of a created run; a run missing is not ours) and what the database refused
+        (run id → its error): a batch it refuses is written again one run at a time."""
         try:
-            return await self._write_retrying(batches)
+            return await self._write_retrying(batches), {}
         except Exception as exc:  # noqa: BLE001 - refused, not an outage (those are retried)
             if len(batches) == 1:
                 run_id = next(iter(batches))
                 log.error("the database refused the checkpoint of run %s; giving the run up "
                           "here (its lease expires and it is resumed)", run_id, exc_info=exc)
-                return set()
-        owned: set[str] = set()
+                return {}, {run_id: exc}
+        written: dict[str, Any] = {}
+        refused: dict[str, Exception] = {}
         for run_id, batch in batches.items():
-            owned |= await self._write({run_id: batch})
-        return owned
+            one, failed = await self._write({run_id: batch})
+            written.update(one)
+            refused.update(failed)
+        return written, refused
 
-    async def _write_retrying(self, batches: dict[str, _RunBatch]) -> set[str]:
+    async def _write_retrying(self, batches: dict[str, _RunBatch]) -> dict[str, Any]:
         payload = {
             "nodes": [{"run_id": run_id, **record.to_json()} for run_id, b in batches.items()
                       for record in b.nodes.values()],
@@ -224,8 +252,11 @@ class CheckpointWriter:
                          for record in b.attempts.values()],
             "events": [e for b in batches.values() for e in b.events],
             "runs": [{"id": run_id, "claim": b.claim, "changed": b.run is not None,
-                      **(b.run or {})} for run_id, b in batches.items()],
+                      **(b.run or {})} for run_id, b in batches.items() if b.create is None],
         }
+        created = [b.create for b in batches.values() if b.create is not None]
+        if created:
+            payload["created"] = created
         parents = [b.wake_parent for b in batches.values() if b.wake_parent]
         cancels = [(run_id, b.cancel_children_reason) for run_id, b in batches.items()
                    if b.cancel_children_reason]
@@ -268,6 +299,7 @@ class CheckpointWriter:
             # One statement, run thousands of times: plan it once.
             await conn.execute("SET plan_cache_mode = force_generic_plan")
             await store.BATCH.prepare(conn)
+            await store.BATCH_CREATING.prepare(conn)
             self._conn = conn
         return self._conn
 
