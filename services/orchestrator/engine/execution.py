@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -46,6 +47,10 @@ _MISSING = object()
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+# An escaped NUL in JSON text (an odd number of backslashes before `u0000`).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def to_json_size(value: Any) -> int:
@@ -570,9 +575,14 @@ class Execution:
 
     def check_output(self, output: Any) -> int:
         try:
-            size = to_json_size(output)
+            text = json.dumps(output, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise NodeFailure("BAD_OUTPUT", f"the output is not JSON: {exc}") from None
+        if "\\u0000" in text and _JSON_NUL.search(text):
+            # Postgres refuses it in jsonb: the checkpoint could never be written.
+            raise NodeFailure("BAD_OUTPUT", "the output contains a NUL character (\\u0000), "
+                                            "which a run's record cannot hold")
+        size = len(text)
         limit = self.config.max_node_output_bytes
         if size > limit:
             raise NodeFailure("OUTPUT_TOO_LARGE", f"the output is {size} bytes, more than the "
