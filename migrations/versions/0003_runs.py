@@ -83,9 +83,16 @@ def upgrade() -> None:
     CREATE INDEX runs_children ON runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
     CREATE INDEX runs_list_state ON runs (project_id, state, create_time DESC, id);
 
+    -- run_nodes, node_attempts and run_events take a checkpoint batch's rows (several per
+    -- node, many times a second). They carry no foreign key to runs: the per-row key check
+    -- costs about a fifth of a batch, and the batch statement (store._BATCH) already holds
+    -- every run it writes for row-locked (KEY SHARE, the fence) while it inserts, as
+    -- insert_run inserts the run and its first event in one statement. Runs are never
+    -- deleted; whatever deletes them must delete these rows too.
+
     -- One row per node execution path (`each[2].fetch`); the checkpoint a resume reads.
     CREATE TABLE run_nodes (
-        run_id       text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        run_id       text NOT NULL,
         path         text NOT NULL,
         node_id      text NOT NULL,
         kind         text NOT NULL,
@@ -102,12 +109,13 @@ def upgrade() -> None:
     );
 
     -- Each attempt of a node, keyed by its idempotency key `run/node/attempt`: at-least-once
-    -- execution is visible here, and a completion is recorded exactly once.
+    -- execution is visible here, and a completion is recorded exactly once. The key is the
+    -- primary key spelled out (no index of its own).
     CREATE TABLE node_attempts (
-        run_id           text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        run_id           text NOT NULL,
         path             text NOT NULL,
         attempt          run_attempt NOT NULL,
-        idempotency_key  text NOT NULL UNIQUE,
+        idempotency_key  text NOT NULL,
         worker_id        text NOT NULL,
         outcome          node_attempt_outcome,
         start_time       timestamptz NOT NULL DEFAULT now(),
@@ -117,7 +125,7 @@ def upgrade() -> None:
 
     -- The durable event log. Redis pub/sub only wakes listeners; readers replay from here.
     CREATE TABLE run_events (
-        run_id   text NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        run_id   text NOT NULL,
         seq      run_ordinal NOT NULL,
         type     text NOT NULL,
         node     text NOT NULL DEFAULT '',
