@@ -289,7 +289,7 @@ WITH doc AS (SELECT $1::jsonb AS b), owned AS (
   -- claim_count), row-locked for this statement only. KEY SHARE is enough: a claim (FOR
   -- UPDATE) waits for this statement and then sees the new claim_count, while heartbeats,
   -- cancels and signals do not wait. Nothing of the row is rewritten unless the run itself
-  -- changes (below). A batch written again after an unacknowledged commit finds the run
+  -- changes (_UPDATE_RUNS). A batch written again after an unacknowledged commit finds the run
   -- released by its own first write (same claim, same final state): still ours.
   -- `id = ANY(ids)` makes the plans index probes, whatever the table's size.
   SELECT r.id FROM runs r, jsonb_to_recordset((SELECT b FROM doc) -> 'runs') AS x(
@@ -297,24 +297,6 @@ WITH doc AS (SELECT $1::jsonb AS b), owned AS (
   WHERE r.id = ANY($3::text[]) AND r.id = x.id AND r.claim_count = x.claim
     AND (r.worker_id = $2::text OR (r.worker_id IS NULL AND x.release AND r.state = x.state))
   FOR KEY SHARE OF r
-), updated AS (
-  -- The run's own changes (state, output, usage, lease release, parking), when it has some.
-  UPDATE runs r SET
-    state = COALESCE(x.state, r.state),
-    output = CASE WHEN x.set_output THEN x.output ELSE r.output END,
-    error = COALESCE(x.error, r.error),
-    usage = COALESCE(x.usage, r.usage),
-    end_time = COALESCE(x.end_time, r.end_time),
-    worker_id = CASE WHEN x.release THEN NULL ELSE r.worker_id END,
-    lease_expires_at = CASE WHEN x.release THEN NULL ELSE r.lease_expires_at END,
-    wake_at = CASE WHEN x.park THEN LEAST(COALESCE(r.wake_at, x.wake_at), x.wake_at)
-                   WHEN x.release THEN NULL ELSE r.wake_at END,
-    update_time = now()
-  FROM jsonb_to_recordset((SELECT b FROM doc) -> 'runs') AS x(
-         id text, changed bool, state text, set_output bool, output jsonb, error jsonb,
-         usage jsonb, end_time timestamptz, release bool, park bool, wake_at timestamptz)
-  WHERE x.changed AND r.id = ANY($3::text[]) AND r.id = x.id
-    AND r.id IN (SELECT id FROM owned)
 ), nodes AS (
   INSERT INTO run_nodes AS n (run_id, path, node_id, kind, state, attempt, output, error, usage,
                               wake_at, start_time, end_time, update_time)
@@ -351,6 +333,27 @@ WITH doc AS (SELECT $1::jsonb AS b), owned AS (
   ON CONFLICT (run_id, seq) DO NOTHING
 )"""
 
+# The runs' own changes (state, output, usage, lease release, parking), for batches that have
+# some (a batch of node checkpoints has none and skips this part).
+_UPDATE_RUNS = """, updated AS (
+  UPDATE runs r SET
+    state = COALESCE(x.state, r.state),
+    output = CASE WHEN x.set_output THEN x.output ELSE r.output END,
+    error = COALESCE(x.error, r.error),
+    usage = COALESCE(x.usage, r.usage),
+    end_time = COALESCE(x.end_time, r.end_time),
+    worker_id = CASE WHEN x.release THEN NULL ELSE r.worker_id END,
+    lease_expires_at = CASE WHEN x.release THEN NULL ELSE r.lease_expires_at END,
+    wake_at = CASE WHEN x.park THEN LEAST(COALESCE(r.wake_at, x.wake_at), x.wake_at)
+                   WHEN x.release THEN NULL ELSE r.wake_at END,
+    update_time = now()
+  FROM jsonb_to_recordset((SELECT b FROM doc) -> 'runs') AS x(
+         id text, changed bool, state text, set_output bool, output jsonb, error jsonb,
+         usage jsonb, end_time timestamptz, release bool, park bool, wake_at timestamptz)
+  WHERE x.changed AND r.id = ANY($3::text[]) AND r.id = x.id
+    AND r.id IN (SELECT id FROM owned)
+)"""
+
 # Runs started meanwhile (StartRun, child runs) are inserted with the batch, so concurrent
 # starts share its commit. A batch written again after an unacknowledged commit finds them
 # (any unique key: DO NOTHING) and reports them not created; the caller reads them then.
@@ -376,12 +379,15 @@ _CREATE_RUNS = """, created AS (
 )"""
 
 
-BATCH = PreparedStatement("iceos_checkpoint_batch",
-                          _BATCH + "\nSELECT id, NULL::text FROM owned")
+_OWNED = "\nSELECT id, NULL::text FROM owned"
+BATCH = PreparedStatement("iceos_checkpoint_batch", _BATCH + _OWNED)
+BATCH_CHANGING = PreparedStatement("iceos_checkpoint_batch_changing",
+                                   _BATCH + _UPDATE_RUNS + _OWNED)
 BATCH_CREATING = PreparedStatement(
     "iceos_checkpoint_batch_creating",
-    _BATCH + _CREATE_RUNS + "\nSELECT id, NULL::text FROM owned"
-    " UNION ALL SELECT id, row_to_json(created)::text FROM created")
+    _BATCH + _UPDATE_RUNS + _CREATE_RUNS + _OWNED
+    + " UNION ALL SELECT id, row_to_json(created)::text FROM created")
+STATEMENTS = (BATCH, BATCH_CHANGING, BATCH_CREATING)
 
 
 async def write_batch(conn: psycopg.AsyncConnection, worker_id: str,
@@ -389,9 +395,10 @@ async def write_batch(conn: psycopg.AsyncConnection, worker_id: str,
     """Write one checkpoint batch (node records, attempts, events, run updates of many runs,
     runs to create) in one statement. Returns the runs it was written for (id → True; the
     others are no longer this worker's: their writes were dropped) and the runs it created
-    (id → the columns the database filled). `conn` must have both statements prepared."""
+    (id → the columns the database filled). `conn` must have STATEMENTS prepared."""
     ids = [r["id"] for r in batch["runs"]]
-    statement = BATCH_CREATING if batch.get("created") else BATCH
+    statement = BATCH_CREATING if batch.get("created") else \
+        BATCH_CHANGING if any(r["changed"] for r in batch["runs"]) else BATCH
     rows = await statement.execute(conn, [dumps(batch), worker_id, text_array(ids)])
     written: dict[str, Any] = {}
     for run_id, created in rows:

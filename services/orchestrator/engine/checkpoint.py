@@ -298,8 +298,8 @@ class CheckpointWriter:
                 prepare_threshold=0)
             # One statement, run thousands of times: plan it once.
             await conn.execute("SET plan_cache_mode = force_generic_plan")
-            await store.BATCH.prepare(conn)
-            await store.BATCH_CREATING.prepare(conn)
+            for statement in store.STATEMENTS:
+                await statement.prepare(conn)
             self._conn = conn
         return self._conn
 
