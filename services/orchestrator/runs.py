@@ -372,14 +372,16 @@ class Runs:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    async def get(self, name: str, *, detail: bool = True) -> RunView:
+    async def get(self, name: str, *, detail: bool = True, spec: bool = True) -> RunView:
+        """The run (with its nodes and attempts when `detail`, its blueprint snapshot when
+        `spec`)."""
         project, run_id = run_ids(name)
         async with self.db.connection() as conn:
             if not detail:
-                row = await store.get_run(conn, project, run_id)
+                row = await store.get_run(conn, project, run_id, spec=spec)
                 found = (row, [], []) if row is not None else None
             else:
-                found = await store.run_view(conn, project, run_id)
+                found = await store.run_view(conn, project, run_id, spec=spec)
         if found is None:
             raise errors.NotFound(f"{name} does not exist", reason="RUN_NOT_FOUND")
         return RunView(*found)
@@ -541,8 +543,9 @@ class Runs:
                     continue
                 watch.ended = False  # news from here on is not missed by the read below
                 async with self.db.connection() as conn:
-                    found = (await store.run_view(conn, project, run_id) if detail else
-                             await store.get_run(conn, project, run_id))
+                    found = (await store.run_view(conn, project, run_id, spec=False)
+                             if detail else
+                             await store.get_run(conn, project, run_id, spec=False))
                 if found is None:
                     raise errors.NotFound(f"{name} does not exist", reason="RUN_NOT_FOUND")
                 view = RunView(*found) if detail else RunView(found, [], [])  # type: ignore[arg-type]

@@ -37,8 +37,11 @@ def _last_event_seq(table: str) -> str:
             " AS last_event_seq")
 
 
-def _run_columns(table: str) -> str:
-    return ", ".join(f"{table}.{c}" for c in _RUN_FIELDS) + ", " + _last_event_seq(table)
+def _run_columns(table: str, *, spec: bool = True) -> str:
+    """The run's columns; without `spec` the blueprint snapshot (large, stored out of line)
+    is left unread (NULL)."""
+    return ", ".join(f"{table}.{c}" if spec or c != "spec" else "NULL::jsonb AS spec"
+                     for c in _RUN_FIELDS) + ", " + _last_event_seq(table)
 
 
 def dumps(value: Any) -> str:
@@ -142,18 +145,18 @@ async def organization_of(conn: psycopg.AsyncConnection, project_id: str) -> str
 # -- reads ------------------------------------------------------------------------------------
 
 async def get_run(conn: psycopg.AsyncConnection, project_id: str,
-                  run_id: str) -> dict[str, Any] | None:
+                  run_id: str, *, spec: bool = True) -> dict[str, Any] | None:
     return await (await conn.execute(
-        f"SELECT {_run_columns('runs')} FROM runs WHERE project_id = %s AND id = %s",
+        f"SELECT {_run_columns('runs', spec=spec)} FROM runs WHERE project_id = %s AND id = %s",
         (project_id, run_id))).fetchone()
 
 
-async def run_view(conn: psycopg.AsyncConnection, project_id: str,
-                   run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]],
-                                         list[dict[str, Any]]] | None:
+async def run_view(conn: psycopg.AsyncConnection, project_id: str, run_id: str, *,
+                   spec: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                               list[dict[str, Any]]] | None:
     """A run with its node records and attempts in one round trip."""
     row = await (await conn.execute(
-        f"""SELECT {_run_columns('r')},
+        f"""SELECT {_run_columns('r', spec=spec)},
           (SELECT COALESCE(json_agg(n ORDER BY n.start_time NULLS LAST, n.update_time, n.path),
                            '[]') FROM run_nodes n WHERE n.run_id = r.id) AS node_rows,
           (SELECT COALESCE(json_agg(a ORDER BY a.path, a.attempt), '[]')
@@ -208,7 +211,7 @@ async def list_runs(conn: psycopg.AsyncConnection, project_id: str, *,
         params.extend(after)
     params.append(limit)
     return await (await conn.execute(
-        f"SELECT {_run_columns('runs')} FROM runs WHERE {' AND '.join(where)}"
+        f"SELECT {_run_columns('runs', spec=False)} FROM runs WHERE {' AND '.join(where)}"
         " ORDER BY create_time DESC, id DESC LIMIT %s", params)).fetchall()
 
 
