@@ -161,7 +161,8 @@ async def run_view(conn: psycopg.AsyncConnection, project_id: str, run_id: str, 
                            '[]') FROM run_nodes n WHERE n.run_id = r.id) AS node_rows,
           (SELECT COALESCE(json_agg(a ORDER BY a.path, a.attempt), '[]')
              FROM node_attempts a WHERE a.run_id = r.id) AS attempt_rows
-        FROM runs r WHERE project_id = %s AND id = %s""", (project_id, run_id))).fetchone()
+        FROM runs r WHERE project_id = %s AND id = %s""", (project_id, run_id),
+        prepare=True)).fetchone()  # every WaitRun and GetRun: planned once per connection
     if row is None:
         return None
     nodes, attempts = row.pop("node_rows"), row.pop("attempt_rows")
