@@ -5,9 +5,10 @@ store.py; execution is the engine's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -94,29 +95,41 @@ class Runs:
             raise errors.InvalidArgument.field("request_id", "is longer than 128 characters")
         if timeout is not None and timeout.total_seconds() <= 0:
             raise errors.InvalidArgument.field("timeout", "must be positive")
-        async with self.db.connection() as conn:
+        async with contextlib.AsyncExitStack() as stack:
+            taken: list[psycopg.AsyncConnection] = []
+
+            async def connection() -> psycopg.AsyncConnection:
+                """A pool connection, taken on first use: a start that finds its blueprint
+                validated and its project's count fresh needs none."""
+                if not taken:
+                    taken.append(await stack.enter_async_context(self.db.connection()))
+                return taken[0]
+
             if request_id:
-                existing = await store.run_by_request_id(conn, project, request_id)
+                existing = await store.run_by_request_id(await connection(), project,
+                                                         request_id)
                 if existing is not None:
                     return existing
             if inline is not None:
                 if version:
                     raise errors.InvalidArgument.field(
                         "version", "applies to a saved blueprint, not to an inline one")
-                prepared = await self._prepare_inline(conn, project, inline)
+                prepared = await self._prepare_inline(connection, project, inline)
             elif blueprint:
-                prepared = await self._prepare_saved(conn, project, blueprint, version)
+                prepared = await self._prepare_saved(await connection(), project, blueprint,
+                                                     version)
             else:
                 raise errors.InvalidArgument.field(
                     "blueprint", "is required: a blueprint id or name, or an inline_blueprint",
                     "REQUIRED")
             self._check_inputs(prepared.spec, inputs, "inputs", errors.InvalidArgument)
-            await self._check_capacity(conn, project)
+            await self._check_capacity(connection, project)
         # The pool connection is given back before the insert: it waits for a shared commit.
         return await self._insert(project, prepared, inputs, request_id or None, creator,
                                   self._deadline(prepared.spec, timeout))
 
-    async def _check_capacity(self, conn: psycopg.AsyncConnection, project: str) -> None:
+    async def _check_capacity(self, connection: Callable[[], Awaitable[psycopg.AsyncConnection]],
+                              project: str) -> None:
         """RESOURCE_EXHAUSTED at the project's limit of unfinished runs. Far from the limit a
         count less than a second old (plus the runs started since) is trusted, so a busy
         project does not recount on every start; near it, the count is exact."""
@@ -126,7 +139,7 @@ class Runs:
         if cached is not None and now_s - cached[0] < 1.0 and cached[1] + 1 < 0.9 * limit:
             self._active[project] = (cached[0], cached[1] + 1)
             return
-        active = await store.count_active(conn, project, limit)
+        active = await store.count_active(await connection(), project, limit)
         if active >= limit:
             raise errors.ResourceExhausted(
                 f"project {project} has {active} unfinished runs, the most allowed; wait for "
@@ -195,14 +208,14 @@ class Runs:
             self.notifier.wake([row["id"]])
         return row
 
-    async def _prepare_inline(self, conn: psycopg.AsyncConnection, project: str,
-                              inline: blueprint_pb2.Blueprint) -> Prepared:
+    async def _prepare_inline(self, connection: Callable[[], Awaitable[psycopg.AsyncConnection]],
+                              project: str, inline: blueprint_pb2.Blueprint) -> Prepared:
         key = (project, "inline:" + hashlib.sha256(inline.SerializeToString(
             deterministic=True)).hexdigest(), 0)
         cached = self._valid.get(key)
         if cached is not None:
             return cached
-        prepared = await self._prepare_inline_uncached(conn, project, inline)
+        prepared = await self._prepare_inline_uncached(await connection(), project, inline)
         self._remember(key, prepared)
         return prepared
 
