@@ -5,7 +5,7 @@ outputs). What this module adds:
 
 - Checkpoints. Every node's record (state, attempt, output, error, usage) and its events are
   staged with the worker's CheckpointWriter; a completion is committed before the scheduler
-  starts any dependent. A resumed execution reads the records and does not run again a node that
+  starts any dependent (a node no sibling depends on commits with the run's next write). A resumed execution reads the records and does not run again a node that
   SUCCEEDED, FAILED, was SKIPPED or TIMED_OUT; a node caught RUNNING re-executes the same attempt
   (same idempotency key); a node CANCELLED by its container (a parallel branch that lost, a
   failing sibling) runs again only if the container itself had not finished.
@@ -84,6 +84,9 @@ class NodeRecord:
     wake_at: datetime | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
+    # No sibling depends on the node: its completion need not be committed before anything
+    # starts, so it joins the next commit of the run (at the latest the run's end). Not stored.
+    sink: bool = field(default=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "node_id": self.node_id, "kind": self.kind,
@@ -484,12 +487,14 @@ class Execution:
                         elif len(starting) == 1 and not tasks:
                             # One node and nothing else running (a chain): run it in this
                             # task, saving a task and a wait per node.
-                            outcome = await self.node(by_id[node_id], path, inner)
+                            outcome = await self.node(by_id[node_id], path, inner,
+                                                      sink=not dependents[node_id])
                             finished(node_id, outcome)
                             if (failed := failure(node_id, outcome)) is not None:
                                 return failed
                         else:
-                            task = asyncio.ensure_future(self.node(by_id[node_id], path, inner))
+                            task = asyncio.ensure_future(self.node(
+                                by_id[node_id], path, inner, sink=not dependents[node_id]))
                             tasks[task] = node_id
                 if not tasks:
                     break
@@ -525,13 +530,15 @@ class Execution:
 
     # -- one node ---------------------------------------------------------------------------------
 
-    async def node(self, node: blueprint_pb2.Node, path: str, ctx: Context) -> Outcome:
+    async def node(self, node: blueprint_pb2.Node, path: str, ctx: Context, *,
+                   sink: bool = False) -> Outcome:
         rec = self.records.get(path)
         if rec is not None and rec.state in DONE:
             return Outcome(rec.state, rec.output, rec.error)
         kind = graph.kind_of(node)
         if rec is None:
             rec = self.records[path] = NodeRecord(path, node.id, kind)
+        rec.sink = sink
         self.executions += 1
         try:
             if self.executions > self.config.max_node_executions:
@@ -596,7 +603,8 @@ class Execution:
     async def complete(self, rec: NodeRecord, output: Any = None, *,
                        failure: NodeFailure | None = None, size: int = 0) -> Outcome:
         """Record the node's completion and commit it before returning (dependents start
-        after this)."""
+        after this). A sink's completion is staged only: it commits with the run's next write
+        (its container's completion, the run's end), which nothing can precede."""
         rec.end_time = at = now()
         self.end_wait(rec)
         if failure is None:
@@ -618,7 +626,8 @@ class Execution:
             self.writer.run(self.run_id, self.claim, {"usage": self.usage})
         self.stage(rec)
         self.progressed = True
-        await self.commit()
+        if not rec.sink:  # dependents start after this; a sink's completion commits later
+            await self.commit()
         return Outcome(rec.state, rec.output, rec.error)
 
     # -- leaves: tool, llm, agent, code -----------------------------------------------------------
