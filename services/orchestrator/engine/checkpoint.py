@@ -59,7 +59,7 @@ class _RunBatch:
     wake_parent: str | None = None
     cancel_children_reason: str | None = None
     last_seq: int = 0
-    # A run to insert (StartRun, a child run): its row as store.create_runs takes it.
+    # A run to insert (StartRun, a child run), as store.new_run makes it.
     create: dict[str, Any] | None = None
     # One future per flush() waiting for this batch (a cancelled waiter cancels only its own).
     waiters: list[asyncio.Future[Any]] = field(default_factory=list)
