@@ -39,6 +39,23 @@ def test_cel_node_references_ignore_string_literals() -> None:
     assert compiled.node_refs == {"a", "b"}
 
 
+def test_cel_sees_the_same_nodes_whether_or_not_the_context_is_trimmed() -> None:
+    """An expression that names its nodes statically is evaluated with only those nodes; one
+    that uses `nodes` as a whole sees every node."""
+    context = {"inputs": {"k": "b"},
+               "nodes": {"a": {"output": [1, 3]}, "b": {"output": 2}, "c": {"output": 5}}}
+    assert expressions.compile_expression("nodes.a.output[1] + nodes['b'].output").static_nodes
+    assert expressions.evaluate("nodes.a.output[1] + nodes['b'].output", context) == 5
+    assert expressions.evaluate("has(nodes.z)", context) is False
+    for whole, value in [("size(nodes)", 3), ("nodes[inputs.k].output", 2),
+                         ("nodes.exists(k, k == 'c')", True), ("nodes.all(k, k != 'a')", False),
+                         ("'c' in nodes", True)]:
+        assert not expressions.compile_expression(whole).static_nodes, whole
+        assert expressions.evaluate(whole, context) == value, whole
+    with pytest.raises(expressions.ExpressionError, match="no such key 'z'"):
+        expressions.evaluate("nodes.z.output", context)
+
+
 def test_templates_are_strict_and_sandboxed() -> None:
     assert templates.render("Hi {{ inputs.name | upper }}", {"inputs": {"name": "ada"}}) == \
         "Hi ADA"

@@ -200,6 +200,10 @@ def test_non_json_and_over_limit_outputs_fail_clearly(api, tenant) -> None:  # t
                                                     {"bytes": 3 * 1024 * 1024})]})
     assert big.state == State.RUN_STATE_FAILED
     assert big.error.reason == "OUTPUT_TOO_LARGE" and "limit" in big.error.message
+    # A NUL character cannot be stored in a run's record: the node fails at once, clearly.
+    nul = run_and_wait(api, tenant, {"nodes": [jt("nul", '"a\\u0000b"')]})
+    assert nul.state == State.RUN_STATE_FAILED
+    assert nul.error.reason == "BAD_OUTPUT" and "NUL" in nul.error.message
 
 
 def test_retries_back_off_then_succeed(api, tenant) -> None:  # type: ignore[no-untyped-def]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -29,9 +29,15 @@ def python_to_value(value: Any) -> struct_pb2.Value:
     return out
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """As Timestamp.FromDatetime (a naive datetime is UTC), at a fraction of its cost."""
     if value is None:
         return None
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    delta = value - _EPOCH
+    return timestamp_pb2.Timestamp(seconds=delta.days * 86400 + delta.seconds,
+                                   nanos=delta.microseconds * 1000)

@@ -42,10 +42,6 @@ async def _check(conn: psycopg.AsyncConnection) -> None:
     await AsyncConnectionPool.check_connection(conn)
 
 
-async def _returned(conn: psycopg.AsyncConnection) -> None:
-    conn._iceos_returned = time.monotonic()  # type: ignore[attr-defined]
-
-
 class Database:
     """A lazily-opened pool. Queries raise errors.Unavailable while Postgres is unreachable, so
     callers get UNAVAILABLE instead of a hang or a traceback."""
@@ -57,7 +53,7 @@ class Database:
             url, min_size=min_size, max_size=max_size, open=False, configure=_configure,
             kwargs={"autocommit": True, "row_factory": dict_row,
                     "connect_timeout": max(1, int(connect_timeout))},
-            timeout=connect_timeout, check=_check, reset=_returned,
+            timeout=connect_timeout, check=_check,
             reconnect_timeout=0,
         )
         self._opened = False
@@ -78,7 +74,12 @@ class Database:
         await self.open()
         try:
             async with self.pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    # When it was given back (see _check). Stamped here rather than in a pool
+                    # `reset` hook, which would cost a pool worker task per checkout.
+                    conn._iceos_returned = time.monotonic()  # type: ignore[attr-defined]
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             log.warning("database unavailable: %s", exc.__class__.__name__)
             raise errors.Unavailable("the database is unavailable; retry shortly") from None

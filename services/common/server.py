@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import psycopg
+import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -200,4 +201,6 @@ def main(spec: ServiceSpec) -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    raise SystemExit(asyncio.run(serve(spec, settings)))
+    # uvloop: the event loop in C (libuv), a fraction of asyncio's own cost per callback,
+    # timer and socket wait, which the engine pays for every node.
+    raise SystemExit(uvloop.run(serve(spec, settings)))

@@ -36,9 +36,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     async def GetRun(self, request: orchestrator_pb2.GetRunRequest,
                      context: grpc.aio.ServicerContext) -> run_pb2.Run:
-        view = await self.runs.get(request.name)
-        return convert.run(view.row, view.nodes, view.attempts,
-                           full=request.view == orchestrator_pb2.RUN_VIEW_FULL)
+        full = request.view == orchestrator_pb2.RUN_VIEW_FULL
+        view = await self.runs.get(request.name, spec=full)
+        return convert.run(view.row, view.nodes, view.attempts, full=full)
 
     async def ListRuns(self, request: orchestrator_pb2.ListRunsRequest,
                        context: grpc.aio.ServicerContext) -> orchestrator_pb2.ListRunsResponse:
@@ -51,7 +51,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def CancelRun(self, request: orchestrator_pb2.CancelRunRequest,
                         context: grpc.aio.ServicerContext) -> run_pb2.Run:
         await self.runs.cancel(request.name, request.reason)
-        view = await self.runs.get(request.name)
+        view = await self.runs.get(request.name, spec=False)
         return convert.run(view.row, view.nodes, view.attempts)
 
     async def SignalRun(self, request: orchestrator_pb2.SignalRunRequest,

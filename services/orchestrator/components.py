@@ -76,12 +76,18 @@ class Catalog:
     def __init__(self) -> None:
         self._components: dict[tuple[str, str, int], Component] = {}
         self._blueprints: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self._builtins: dict[str, Component] = {}
 
     async def component(self, conn: psycopg.AsyncConnection, project_id: str, ref: str,
                         version: int = 0) -> Component | None:
         if ref.startswith("builtins/"):
-            tool = builtins.get(ref)
-            return Component(ref, "tool", 0, {}, tool) if tool else None
+            found = self._builtins.get(ref)
+            if found is None:
+                tool = builtins.get(ref)
+                if tool is None:
+                    return None
+                found = self._builtins[ref] = Component(ref, "tool", 0, {}, tool)
+            return found
         cid = component_id(ref, project_id)
         if cid is None:
             return None

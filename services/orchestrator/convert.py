@@ -10,9 +10,11 @@ from iceos.orchestrator.v1 import run_pb2
 from services.common.convert import dict_to_struct, timestamp
 
 
-def value(data: Any) -> struct_pb2.Value:
-    """A JSON value as google.protobuf.Value (Struct.update is much faster than ParseDict)."""
-    out = struct_pb2.Value()
+def value(data: Any, out: struct_pb2.Value | None = None) -> struct_pb2.Value:
+    """A JSON value as google.protobuf.Value (Struct.update is much faster than ParseDict),
+    written into `out` when given."""
+    if out is None:
+        out = struct_pb2.Value()
     if data is None:
         out.null_value = struct_pb2.NULL_VALUE
     elif isinstance(data, bool):
@@ -49,6 +51,10 @@ def usage(data: dict[str, Any] | None) -> run_pb2.TokenUsage | None:
                               total_tokens=int(data.get("total_tokens", 0)))
 
 
+_NODE_STATES = {name.removeprefix("NODE_STATE_"): number
+                for name, number in run_pb2.NodeState.items()}
+
+
 def run_name(project_id: str, run_id: str) -> str:
     return f"projects/{project_id}/runs/{run_id}"
 
@@ -77,23 +83,24 @@ def run(row: dict[str, Any], nodes: list[dict[str, Any]] | None = None,
         claim_count=row["claim_count"],
     )
     if row["state"] == "SUCCEEDED":
-        out.output.CopyFrom(value(row["output"]))
-    by_path: dict[str, list[run_pb2.NodeAttempt]] = {}
+        value(row["output"], out.output)
+    by_path: dict[str, list[dict[str, Any]]] = {}
     for a in attempts or []:
-        by_path.setdefault(a["path"], []).append(run_pb2.NodeAttempt(
-            attempt=a["attempt"], idempotency_key=a["idempotency_key"], worker=a["worker_id"],
-            outcome=a["outcome"] or "", start_time=timestamp(a["start_time"]),
-            end_time=timestamp(a["end_time"])))
+        by_path.setdefault(a["path"], []).append(a)
+    # Messages are built in place (add), not built and then copied in (append).
     for n in nodes or []:
-        node = run_pb2.NodeRun(
+        node = out.nodes.add(
             path=n["path"], node_id=n["node_id"], kind=n["kind"],
-            state=run_pb2.NodeState.Value(f"NODE_STATE_{n['state']}"), attempt=n["attempt"],
+            state=_NODE_STATES[n["state"]], attempt=n["attempt"],
             error=error(n["error"]), usage=usage(n["usage"]),
-            start_time=timestamp(n["start_time"]), end_time=timestamp(n["end_time"]),
-            attempts=by_path.get(n["path"], []))
+            start_time=timestamp(n["start_time"]), end_time=timestamp(n["end_time"]))
+        for a in by_path.get(n["path"], ()):
+            node.attempts.add(attempt=a["attempt"], idempotency_key=a["idempotency_key"],
+                              worker=a["worker_id"], outcome=a["outcome"] or "",
+                              start_time=timestamp(a["start_time"]),
+                              end_time=timestamp(a["end_time"]))
         if n["state"] == "SUCCEEDED":
-            node.output.CopyFrom(value(n["output"]))
-        out.nodes.append(node)
+            value(n["output"], node.output)
     if full:
         json_format.ParseDict(row["spec"], out.blueprint_snapshot, ignore_unknown_fields=True)
     return out

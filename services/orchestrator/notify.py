@@ -62,9 +62,12 @@ class Notifier:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._outbox: dict[str, str] = {}
-        self._flushing = False
-        # Event wake-ups to other processes are coalesced over this window.
+        self._flush_at: float | None = None
+        self._flush_timer: asyncio.TimerHandle | None = None
+        # Wake-ups to other processes are coalesced: a run's end within this window (WaitRun
+        # elsewhere answers), mere progress (streams elsewhere read on) within the longer one.
         self.coalesce_s = 0.01
+        self.progress_coalesce_s = 0.05
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -118,13 +121,17 @@ class Notifier:
             for run_id, seq in pairs:
                 self._outbox[run_id] = f"{run_id}:{seq}:end" if run_id in ended \
                     else f"{run_id}:{seq}"
-            if not self._flushing:
-                self._flushing = True
-                asyncio.get_running_loop().call_later(self.coalesce_s, self._flush_outbox)
+            loop = asyncio.get_running_loop()
+            at = loop.time() + (self.coalesce_s if ended else self.progress_coalesce_s)
+            if self._flush_at is None or at < self._flush_at:
+                if self._flush_timer is not None:
+                    self._flush_timer.cancel()
+                self._flush_at = at
+                self._flush_timer = loop.call_at(at, self._flush_outbox)
 
     def _flush_outbox(self) -> None:
         """One message for everything committed in the last few milliseconds."""
-        self._flushing = False
+        self._flush_at = self._flush_timer = None
         items, self._outbox = self._outbox, {}
         if items:
             self._publish(EVENTS, " ".join(items.values()))

@@ -5,10 +5,11 @@ store.py; execution is the engine's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from .engine.worker import Worker
 
 RUN_PATTERN = "projects/{project}/runs/{run}"
+# How long StartRun waits for the commit of its insert (Postgres away: it may land later).
+CREATE_PATIENCE_S = 10.0
 DECISIONS = {1: "APPROVE", 2: "REJECT", 3: "INPUT"}
 
 
@@ -55,6 +58,11 @@ class Prepared:
     blueprint_id: str | None
     version: int | None
     pins: dict[str, int]
+    # spec_json serialized once (a cached blueprint starts many runs).
+    spec_text: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.spec_text = store.dumps(self.spec_json)
 
 
 @dataclass
@@ -87,29 +95,41 @@ class Runs:
             raise errors.InvalidArgument.field("request_id", "is longer than 128 characters")
         if timeout is not None and timeout.total_seconds() <= 0:
             raise errors.InvalidArgument.field("timeout", "must be positive")
-        async with self.db.connection() as conn:
+        async with contextlib.AsyncExitStack() as stack:
+            taken: list[psycopg.AsyncConnection] = []
+
+            async def connection() -> psycopg.AsyncConnection:
+                """A pool connection, taken on first use: a start that finds its blueprint
+                validated and its project's count fresh needs none."""
+                if not taken:
+                    taken.append(await stack.enter_async_context(self.db.connection()))
+                return taken[0]
+
             if request_id:
-                existing = await store.run_by_request_id(conn, project, request_id)
+                existing = await store.run_by_request_id(await connection(), project,
+                                                         request_id)
                 if existing is not None:
                     return existing
             if inline is not None:
                 if version:
                     raise errors.InvalidArgument.field(
                         "version", "applies to a saved blueprint, not to an inline one")
-                prepared = await self._prepare_inline(conn, project, inline)
+                prepared = await self._prepare_inline(connection, project, inline)
             elif blueprint:
-                prepared = await self._prepare_saved(conn, project, blueprint, version)
+                prepared = await self._prepare_saved(await connection(), project, blueprint,
+                                                     version)
             else:
                 raise errors.InvalidArgument.field(
                     "blueprint", "is required: a blueprint id or name, or an inline_blueprint",
                     "REQUIRED")
             self._check_inputs(prepared.spec, inputs, "inputs", errors.InvalidArgument)
-            await self._check_capacity(conn, project)
-            row = await self._insert(conn, project, prepared, inputs, request_id or None,
-                                     creator, self._deadline(prepared.spec, timeout))
-        return row
+            await self._check_capacity(connection, project)
+        # The pool connection is given back before the insert: it waits for a shared commit.
+        return await self._insert(project, prepared, inputs, request_id or None, creator,
+                                  self._deadline(prepared.spec, timeout))
 
-    async def _check_capacity(self, conn: psycopg.AsyncConnection, project: str) -> None:
+    async def _check_capacity(self, connection: Callable[[], Awaitable[psycopg.AsyncConnection]],
+                              project: str) -> None:
         """RESOURCE_EXHAUSTED at the project's limit of unfinished runs. Far from the limit a
         count less than a second old (plus the runs started since) is trusted, so a busy
         project does not recount on every start; near it, the count is exact."""
@@ -119,7 +139,7 @@ class Runs:
         if cached is not None and now_s - cached[0] < 1.0 and cached[1] + 1 < 0.9 * limit:
             self._active[project] = (cached[0], cached[1] + 1)
             return
-        active = await store.count_active(conn, project, limit)
+        active = await store.count_active(await connection(), project, limit)
         if active >= limit:
             raise errors.ResourceExhausted(
                 f"project {project} has {active} unfinished runs, the most allowed; wait for "
@@ -140,39 +160,62 @@ class Runs:
             seconds = self.config.run_timeout_s
         return now() + timedelta(seconds=min(seconds, self.config.max_run_timeout_s))
 
-    async def _insert(self, conn: psycopg.AsyncConnection, project: str, prepared: Prepared,
-                      inputs: dict[str, Any], request_id: str | None, creator: str,
-                      deadline: datetime, *, parent_run: str | None = None,
-                      parent_node: str | None = None, depth: int = 0) -> dict[str, Any]:
+    async def _insert(self, project: str, prepared: Prepared, inputs: dict[str, Any],
+                      request_id: str | None, creator: str, deadline: datetime, *,
+                      parent_run: str | None = None, parent_node: str | None = None,
+                      depth: int = 0) -> dict[str, Any]:
+        """Create the run: born claimed by this process's worker when it has room (it starts
+        here without a claim round trip), else QUEUED for any worker. With the worker running,
+        the insert joins its next checkpoint batch (runs started at once share a commit)."""
         worker = self.worker
         local = worker is not None and worker.capacity() > 0
-        row = await store.insert_run(
-            conn, run_id="run-" + secrets.token_hex(8), project_id=project,
-            blueprint_id=prepared.blueprint_id, blueprint_version=prepared.version,
-            spec=prepared.spec_json, pins=prepared.pins, inputs=inputs, request_id=request_id,
-            creator=creator, deadline=deadline, parent_run_id=parent_run,
-            parent_node=parent_node, depth=depth,
+        run_id = "run-" + secrets.token_hex(8)
+        fields = dict(
+            run_id=run_id, project_id=project, blueprint_id=prepared.blueprint_id,
+            blueprint_version=prepared.version, spec=prepared.spec_json, pins=prepared.pins,
+            inputs=inputs, request_id=request_id, creator=creator, deadline=deadline,
+            parent_run_id=parent_run, parent_node=parent_node, depth=depth,
             worker_id=worker.config.worker_id if local and worker else None,
             lease_s=self.config.lease_s)
-        if row is None:  # the same request_id won a race
-            assert request_id is not None
-            existing = await store.run_by_request_id(conn, project, request_id)
-            assert existing is not None
-            return existing
+        row: dict[str, Any] | None
+        if worker is not None and worker.writer.running:
+            record = store.new_run(**fields)  # type: ignore[arg-type]
+            try:
+                filled = await asyncio.wait_for(worker.writer.create_run(record),
+                                                CREATE_PATIENCE_S)
+            except TimeoutError:
+                raise errors.Unavailable(
+                    "the database is unavailable; the run may still be created: retry with "
+                    "the same request_id") from None
+            row = store.created_row(record, filled) if filled is not None else None
+        else:
+            async with self.db.connection() as conn:
+                row = await store.insert_run(conn, spec_text=prepared.spec_text,
+                                             **fields)  # type: ignore[arg-type]
+        if row is None:
+            # The request_id was taken (a concurrent StartRun won), or this insert was written
+            # again after a commit that landed unacknowledged: read what is there.
+            async with self.db.connection() as conn:
+                row = await store.get_run(conn, project, run_id)
+                if row is None:
+                    assert request_id is not None
+                    existing = await store.run_by_request_id(conn, project, request_id)
+                    assert existing is not None
+                    return existing
         if local and worker is not None:
             worker.adopt({**row, "prev_state": "QUEUED"}, prepared.spec)
         else:
             self.notifier.wake([row["id"]])
         return row
 
-    async def _prepare_inline(self, conn: psycopg.AsyncConnection, project: str,
-                              inline: blueprint_pb2.Blueprint) -> Prepared:
+    async def _prepare_inline(self, connection: Callable[[], Awaitable[psycopg.AsyncConnection]],
+                              project: str, inline: blueprint_pb2.Blueprint) -> Prepared:
         key = (project, "inline:" + hashlib.sha256(inline.SerializeToString(
             deterministic=True)).hexdigest(), 0)
         cached = self._valid.get(key)
         if cached is not None:
             return cached
-        prepared = await self._prepare_inline_uncached(conn, project, inline)
+        prepared = await self._prepare_inline_uncached(await connection(), project, inline)
         self._remember(key, prepared)
         return prepared
 
@@ -334,22 +377,24 @@ class Runs:
                 self._check_inputs(prepared.spec, args, "args", errors.InvalidArgument)
             except errors.InvalidArgument as exc:
                 raise NodeFailure("CHILD_INPUT_INVALID", exc.message) from None
-            row = await self._insert(conn, ex.project_id, prepared, args, request_id,
-                                     ex.row.get("creator") or "",
-                                     min(ex.deadline, self._deadline(prepared.spec, None)),
-                                     parent_run=ex.run_id, parent_node=path, depth=depth)
-            return row["id"]
+        row = await self._insert(ex.project_id, prepared, args, request_id,
+                                 ex.row.get("creator") or "",
+                                 min(ex.deadline, self._deadline(prepared.spec, None)),
+                                 parent_run=ex.run_id, parent_node=path, depth=depth)
+        return row["id"]
 
     # -- reads ------------------------------------------------------------------------------------
 
-    async def get(self, name: str, *, detail: bool = True) -> RunView:
+    async def get(self, name: str, *, detail: bool = True, spec: bool = True) -> RunView:
+        """The run (with its nodes and attempts when `detail`, its blueprint snapshot when
+        `spec`)."""
         project, run_id = run_ids(name)
         async with self.db.connection() as conn:
             if not detail:
-                row = await store.get_run(conn, project, run_id)
+                row = await store.get_run(conn, project, run_id, spec=spec)
                 found = (row, [], []) if row is not None else None
             else:
-                found = await store.run_view(conn, project, run_id)
+                found = await store.run_view(conn, project, run_id, spec=spec)
         if found is None:
             raise errors.NotFound(f"{name} does not exist", reason="RUN_NOT_FOUND")
         return RunView(*found)
@@ -511,8 +556,9 @@ class Runs:
                     continue
                 watch.ended = False  # news from here on is not missed by the read below
                 async with self.db.connection() as conn:
-                    found = (await store.run_view(conn, project, run_id) if detail else
-                             await store.get_run(conn, project, run_id))
+                    found = (await store.run_view(conn, project, run_id, spec=False)
+                             if detail else
+                             await store.get_run(conn, project, run_id, spec=False))
                 if found is None:
                     raise errors.NotFound(f"{name} does not exist", reason="RUN_NOT_FOUND")
                 view = RunView(*found) if detail else RunView(found, [], [])  # type: ignore[arg-type]

@@ -18,14 +18,30 @@ from typing import Any
 
 import psycopg
 
+from .prepared import PreparedStatement
+
 TERMINAL_RUN_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 ACTIVE_RUN_STATES = ("QUEUED", "RUNNING", "WAITING")
 
-_RUN_COLUMNS = (
-    "id, project_id, blueprint_id, blueprint_version, spec, pins, inputs, state, output, error,"
-    " usage, request_id, creator, parent_run_id, parent_node, depth, worker_id,"
-    " lease_expires_at, claim_count, wake_at, deadline, cancel_requested, cancel_reason,"
-    " last_event_seq, create_time, start_time, end_time")
+_RUN_FIELDS = (
+    "id", "project_id", "blueprint_id", "blueprint_version", "spec", "pins", "inputs", "state",
+    "output", "error", "usage", "request_id", "creator", "parent_run_id", "parent_node", "depth",
+    "worker_id", "lease_expires_at", "claim_count", "wake_at", "deadline", "cancel_requested",
+    "cancel_reason", "create_time", "start_time", "end_time")
+
+
+def _last_event_seq(table: str) -> str:
+    """The run's last event sequence, read from the log itself (an index probe): checkpoint
+    batches do not rewrite the run's row for every event."""
+    return (f"(SELECT COALESCE(max(e.seq), 0) FROM run_events e WHERE e.run_id = {table}.id)"
+            " AS last_event_seq")
+
+
+def _run_columns(table: str, *, spec: bool = True) -> str:
+    """The run's columns; without `spec` the blueprint snapshot (large, stored out of line)
+    is left unread (NULL)."""
+    return ", ".join(f"{table}.{c}" if spec or c != "spec" else "NULL::jsonb AS spec"
+                     for c in _RUN_FIELDS) + ", " + _last_event_seq(table)
 
 
 def dumps(value: Any) -> str:
@@ -40,43 +56,75 @@ async def insert_run(conn: psycopg.AsyncConnection, *, run_id: str, project_id: 
                      request_id: str | None, creator: str, deadline: datetime,
                      parent_run_id: str | None = None, parent_node: str | None = None,
                      depth: int = 0, worker_id: str | None = None,
-                     lease_s: float = 0.0) -> dict[str, Any] | None:
+                     lease_s: float = 0.0, spec_text: str | None = None
+                     ) -> dict[str, Any] | None:
     """Insert a QUEUED run and its RUN_QUEUED event in one statement. With `worker_id` the run
-    is born claimed by that worker (it starts here without a claim round trip). Returns None
-    when `request_id` was used before (the caller reads that run)."""
+    is born claimed by that worker (it starts here without a claim round trip). Returns the
+    run's row (the columns the database filled, the rest as given: the blueprint snapshot is
+    not read back), or None when `request_id` was used before (the caller reads that run)."""
     claimed = worker_id is not None
-    return await (await conn.execute(
-        f"""
+    row = await (await conn.execute(
+        """
         WITH ins AS (
           INSERT INTO runs (id, project_id, blueprint_id, blueprint_version, spec, pins, inputs,
                             request_id, creator, parent_run_id, parent_node, depth, deadline,
-                            last_event_seq, state, worker_id, lease_expires_at, claim_count,
-                            start_time)
+                            state, worker_id, lease_expires_at, claim_count, start_time)
           SELECT %(id)s::text, %(project)s::text, %(bid)s::text, %(version)s::bigint,
                  %(spec)s::jsonb, %(pins)s::jsonb, %(inputs)s::jsonb, %(rid)s::text,
                  %(creator)s::text, %(parent)s::text, %(pnode)s::text, %(depth)s::int,
-                 %(deadline)s::timestamptz, 1, %(state)s::text, %(worker)s::text,
+                 %(deadline)s::timestamptz, %(state)s::text, %(worker)s::text,
                  CASE WHEN %(claimed)s THEN now() + make_interval(secs => %(lease)s) END,
                  %(claims)s::int, CASE WHEN %(claimed)s THEN now() END
           ON CONFLICT (project_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
-          RETURNING {_RUN_COLUMNS}
+          RETURNING id, state, worker_id, lease_expires_at, claim_count, create_time,
+                    start_time
         ), ev AS (
           INSERT INTO run_events (run_id, seq, type, payload)
-          SELECT id, 1, 'RUN_QUEUED', '{{}}'::jsonb FROM ins
+          SELECT id, 1, 'RUN_QUEUED', '{}'::jsonb FROM ins
         )
         SELECT * FROM ins""",
         {"id": run_id, "project": project_id, "bid": blueprint_id, "version": blueprint_version,
-         "spec": dumps(spec), "pins": dumps(pins), "inputs": dumps(inputs), "rid": request_id,
-         "creator": creator, "parent": parent_run_id, "pnode": parent_node, "depth": depth,
+         "spec": spec_text if spec_text is not None else dumps(spec), "pins": dumps(pins),
+         "inputs": dumps(inputs), "rid": request_id, "creator": creator,
+         "parent": parent_run_id, "pnode": parent_node, "depth": depth,
          "deadline": deadline, "state": "RUNNING" if claimed else "QUEUED",
          "worker": worker_id, "claimed": claimed, "lease": lease_s,
          "claims": 1 if claimed else 0})).fetchone()
+    if row is None:
+        return None
+    return created_row(new_run(
+        run_id=run_id, project_id=project_id, blueprint_id=blueprint_id,
+        blueprint_version=blueprint_version, spec=spec, pins=pins, inputs=inputs,
+        request_id=request_id, creator=creator, deadline=deadline, parent_run_id=parent_run_id,
+        parent_node=parent_node, depth=depth, worker_id=worker_id, lease_s=lease_s), row)
+
+
+def new_run(*, run_id: str, project_id: str, blueprint_id: str | None,
+            blueprint_version: int | None, spec: dict[str, Any], pins: dict[str, int],
+            inputs: dict[str, Any], request_id: str | None, creator: str, deadline: datetime,
+            parent_run_id: str | None = None, parent_node: str | None = None, depth: int = 0,
+            worker_id: str | None = None, lease_s: float = 0.0) -> dict[str, Any]:
+    """A run to create with a checkpoint batch (CheckpointWriter.create_run): QUEUED, or born
+    claimed by `worker_id`."""
+    return {"id": run_id, "project_id": project_id, "blueprint_id": blueprint_id,
+            "blueprint_version": blueprint_version, "spec": spec, "pins": pins,
+            "inputs": inputs, "request_id": request_id, "creator": creator,
+            "parent_run_id": parent_run_id, "parent_node": parent_node, "depth": depth,
+            "deadline": deadline.isoformat(), "worker_id": worker_id, "lease_s": lease_s}
+
+
+def created_row(record: dict[str, Any], filled: dict[str, Any]) -> dict[str, Any]:
+    """The row of a run just created: the record as given (the blueprint snapshot is not read
+    back) and the columns the database filled."""
+    return {**record, "deadline": datetime.fromisoformat(record["deadline"]), "output": None,
+            "error": None, "usage": {}, "wake_at": None, "cancel_requested": False,
+            "cancel_reason": None, "last_event_seq": 1, "end_time": None, **filled}
 
 
 async def run_by_request_id(conn: psycopg.AsyncConnection, project_id: str,
                             request_id: str) -> dict[str, Any] | None:
     return await (await conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM runs WHERE project_id = %s AND request_id = %s",
+        f"SELECT {_run_columns('runs')} FROM runs WHERE project_id = %s AND request_id = %s",
         (project_id, request_id))).fetchone()
 
 
@@ -97,23 +145,24 @@ async def organization_of(conn: psycopg.AsyncConnection, project_id: str) -> str
 # -- reads ------------------------------------------------------------------------------------
 
 async def get_run(conn: psycopg.AsyncConnection, project_id: str,
-                  run_id: str) -> dict[str, Any] | None:
+                  run_id: str, *, spec: bool = True) -> dict[str, Any] | None:
     return await (await conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM runs WHERE project_id = %s AND id = %s",
+        f"SELECT {_run_columns('runs', spec=spec)} FROM runs WHERE project_id = %s AND id = %s",
         (project_id, run_id))).fetchone()
 
 
-async def run_view(conn: psycopg.AsyncConnection, project_id: str,
-                   run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]],
-                                         list[dict[str, Any]]] | None:
+async def run_view(conn: psycopg.AsyncConnection, project_id: str, run_id: str, *,
+                   spec: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                               list[dict[str, Any]]] | None:
     """A run with its node records and attempts in one round trip."""
     row = await (await conn.execute(
-        f"""SELECT {_RUN_COLUMNS},
+        f"""SELECT {_run_columns('r', spec=spec)},
           (SELECT COALESCE(json_agg(n ORDER BY n.start_time NULLS LAST, n.update_time, n.path),
                            '[]') FROM run_nodes n WHERE n.run_id = r.id) AS node_rows,
           (SELECT COALESCE(json_agg(a ORDER BY a.path, a.attempt), '[]')
              FROM node_attempts a WHERE a.run_id = r.id) AS attempt_rows
-        FROM runs r WHERE project_id = %s AND id = %s""", (project_id, run_id))).fetchone()
+        FROM runs r WHERE project_id = %s AND id = %s""", (project_id, run_id),
+        prepare=True)).fetchone()  # every WaitRun and GetRun: planned once per connection
     if row is None:
         return None
     nodes, attempts = row.pop("node_rows"), row.pop("attempt_rows")
@@ -128,11 +177,17 @@ async def run_view(conn: psycopg.AsyncConnection, project_id: str,
     return row, nodes, attempts
 
 
-async def run_nodes(conn: psycopg.AsyncConnection, run_id: str) -> list[dict[str, Any]]:
-    return await (await conn.execute(
+async def checkpoint(conn: psycopg.AsyncConnection,
+                     run_id: str) -> tuple[list[dict[str, Any]], int]:
+    """What a resuming worker reads: the run's node records and its last event sequence."""
+    nodes = await (await conn.execute(
         "SELECT path, node_id, kind, state, attempt, output, error, usage, wake_at, start_time,"
         " end_time FROM run_nodes WHERE run_id = %s"
         " ORDER BY start_time NULLS LAST, update_time, path", (run_id,))).fetchall()
+    row = await (await conn.execute(
+        "SELECT COALESCE(max(seq), 0) AS seq FROM run_events WHERE run_id = %s",
+        (run_id,))).fetchone()
+    return nodes, int(row["seq"]) if row else 0
 
 
 async def list_runs(conn: psycopg.AsyncConnection, project_id: str, *,
@@ -157,7 +212,7 @@ async def list_runs(conn: psycopg.AsyncConnection, project_id: str, *,
         params.extend(after)
     params.append(limit)
     return await (await conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)}"
+        f"SELECT {_run_columns('runs', spec=False)} FROM runs WHERE {' AND '.join(where)}"
         " ORDER BY create_time DESC, id DESC LIMIT %s", params)).fetchall()
 
 
@@ -171,7 +226,8 @@ async def events_after(conn: psycopg.AsyncConnection, run_id: str, after: int,
 async def progress(conn: psycopg.AsyncConnection, run_ids: list[str]) -> list[dict[str, Any]]:
     """(id, state, last_event_seq) of several runs: what a poll compares."""
     return await (await conn.execute(
-        "SELECT id, state, last_event_seq FROM runs WHERE id = ANY(%s)", (run_ids,))).fetchall()
+        f"SELECT runs.id, runs.state, {_last_event_seq('runs')} FROM runs"
+        " WHERE runs.id = ANY(%s)", (run_ids,))).fetchall()
 
 
 async def signal_for(conn: psycopg.AsyncConnection, run_id: str,
@@ -183,7 +239,7 @@ async def signal_for(conn: psycopg.AsyncConnection, run_id: str,
 
 async def child_run(conn: psycopg.AsyncConnection, run_id: str) -> dict[str, Any] | None:
     return await (await conn.execute(
-        "SELECT id, project_id, state, output, error, last_event_seq FROM runs WHERE id = %s",
+        "SELECT id, project_id, state, output, error FROM runs WHERE id = %s",
         (run_id,))).fetchone()
 
 
@@ -207,7 +263,7 @@ async def claim(conn: psycopg.AsyncConnection, worker_id: str, lease_s: float,
                      OR (state = 'WAITING' AND wake_at <= now()))
               ORDER BY create_time LIMIT %s FOR UPDATE SKIP LOCKED) c
         WHERE r.id = c.id
-        RETURNING c.prev_state, {', '.join('r.' + c.strip() for c in _RUN_COLUMNS.split(','))}
+        RETURNING c.prev_state, {', '.join('r.' + c for c in _RUN_FIELDS)}
         """, (worker_id, lease_s, limit))).fetchall()
 
 
@@ -232,28 +288,19 @@ async def release(conn: psycopg.AsyncConnection, worker_id: str, run_ids: list[s
 # -- checkpoint batches ---------------------------------------------------------------------
 
 _BATCH = """
-WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
-  -- The fence and the run's own update in one row write: only runs this worker still holds
-  -- at the claim it knows (a newer claim changed claim_count; the row lock lasts only for
-  -- this statement).
-  UPDATE runs r SET
-    state = COALESCE(x.state, r.state),
-    output = CASE WHEN x.set_output THEN x.output ELSE r.output END,
-    error = COALESCE(x.error, r.error),
-    usage = COALESCE(x.usage, r.usage),
-    last_event_seq = GREATEST(r.last_event_seq, COALESCE(x.last_seq, 0)),
-    end_time = COALESCE(x.end_time, r.end_time),
-    worker_id = CASE WHEN x.release THEN NULL ELSE r.worker_id END,
-    lease_expires_at = CASE WHEN x.release THEN NULL ELSE r.lease_expires_at END,
-    wake_at = CASE WHEN x.park THEN LEAST(COALESCE(r.wake_at, x.wake_at), x.wake_at)
-                   WHEN x.release THEN NULL ELSE r.wake_at END,
-    update_time = now()
-  FROM jsonb_to_recordset((SELECT b FROM doc) -> 'runs') AS x(
-         id text, claim int, state text, set_output bool, output jsonb, error jsonb,
-         usage jsonb, last_seq bigint, end_time timestamptz, release bool, park bool,
-         wake_at timestamptz)
-  WHERE r.id = x.id AND r.claim_count = x.claim AND r.worker_id = %(w)s
-  RETURNING r.id
+WITH doc AS (SELECT $1::jsonb AS b), owned AS (
+  -- The fence: only runs this worker still holds at the claim it knows (a newer claim changed
+  -- claim_count), row-locked for this statement only. KEY SHARE is enough: a claim (FOR
+  -- UPDATE) waits for this statement and then sees the new claim_count, while heartbeats,
+  -- cancels and signals do not wait. Nothing of the row is rewritten unless the run itself
+  -- changes (_UPDATE_RUNS). A batch written again after an unacknowledged commit finds the run
+  -- released by its own first write (same claim, same final state): still ours.
+  -- `id = ANY(ids)` makes the plans index probes, whatever the table's size.
+  SELECT r.id FROM runs r, jsonb_to_recordset((SELECT b FROM doc) -> 'runs') AS x(
+         id text, claim int, state text, release bool)
+  WHERE r.id = ANY($3::text[]) AND r.id = x.id AND r.claim_count = x.claim
+    AND (r.worker_id = $2::text OR (r.worker_id IS NULL AND x.release AND r.state = x.state))
+  FOR KEY SHARE OF r
 ), nodes AS (
   INSERT INTO run_nodes AS n (run_id, path, node_id, kind, state, attempt, output, error, usage,
                               wake_at, start_time, end_time, update_time)
@@ -273,7 +320,7 @@ WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
 ), attempts AS (
   INSERT INTO node_attempts AS a (run_id, path, attempt, idempotency_key, worker_id, outcome,
                                   start_time, end_time)
-  SELECT x.run_id, x.path, x.attempt, x.key, %(w)s, x.outcome, x.start_time, x.end_time
+  SELECT x.run_id, x.path, x.attempt, x.key, $2::text, x.outcome, x.start_time, x.end_time
   FROM jsonb_to_recordset((SELECT b FROM doc) -> 'attempts') AS x(
          run_id text, path text, attempt int, key text, outcome text, start_time timestamptz,
          end_time timestamptz)
@@ -288,18 +335,94 @@ WITH doc AS (SELECT %(b)s::jsonb AS b), owned AS (
          run_id text, seq bigint, type text, node text, payload jsonb, time timestamptz)
   WHERE x.run_id IN (SELECT id FROM owned)
   ON CONFLICT (run_id, seq) DO NOTHING
-)
-SELECT id FROM owned
-"""
+)"""
+
+# The runs' own changes (state, output, usage, lease release, parking), for batches that have
+# some (a batch of node checkpoints has none and skips this part).
+_UPDATE_RUNS = """, updated AS (
+  UPDATE runs r SET
+    state = COALESCE(x.state, r.state),
+    output = CASE WHEN x.set_output THEN x.output ELSE r.output END,
+    error = COALESCE(x.error, r.error),
+    usage = COALESCE(x.usage, r.usage),
+    end_time = COALESCE(x.end_time, r.end_time),
+    worker_id = CASE WHEN x.release THEN NULL ELSE r.worker_id END,
+    lease_expires_at = CASE WHEN x.release THEN NULL ELSE r.lease_expires_at END,
+    wake_at = CASE WHEN x.park THEN LEAST(COALESCE(r.wake_at, x.wake_at), x.wake_at)
+                   WHEN x.release THEN NULL ELSE r.wake_at END,
+    update_time = now()
+  FROM jsonb_to_recordset((SELECT b FROM doc) -> 'runs') AS x(
+         id text, changed bool, state text, set_output bool, output jsonb, error jsonb,
+         usage jsonb, end_time timestamptz, release bool, park bool, wake_at timestamptz)
+  WHERE x.changed AND r.id = ANY($3::text[]) AND r.id = x.id
+    AND r.id IN (SELECT id FROM owned)
+)"""
+
+# Runs started meanwhile (StartRun, child runs) are inserted with the batch, so concurrent
+# starts share its commit. A batch written again after an unacknowledged commit finds them
+# (any unique key: DO NOTHING) and reports them not created; the caller reads them then.
+_CREATE_RUNS = """, created AS (
+  INSERT INTO runs (id, project_id, blueprint_id, blueprint_version, spec, pins, inputs,
+                    request_id, creator, parent_run_id, parent_node, depth, deadline, state,
+                    worker_id, lease_expires_at, claim_count, start_time)
+  SELECT x.id, x.project_id, x.blueprint_id, x.blueprint_version, x.spec, x.pins, x.inputs,
+         x.request_id, x.creator, x.parent_run_id, x.parent_node, x.depth, x.deadline,
+         CASE WHEN x.worker_id IS NULL THEN 'QUEUED' ELSE 'RUNNING' END, x.worker_id,
+         CASE WHEN x.worker_id IS NOT NULL THEN now() + make_interval(secs => x.lease_s) END,
+         CASE WHEN x.worker_id IS NOT NULL THEN 1 ELSE 0 END,
+         CASE WHEN x.worker_id IS NOT NULL THEN now() END
+  FROM jsonb_to_recordset((SELECT b FROM doc) -> 'created') AS x(
+         id text, project_id text, blueprint_id text, blueprint_version bigint, spec jsonb,
+         pins jsonb, inputs jsonb, request_id text, creator text, parent_run_id text,
+         parent_node text, depth int, deadline timestamptz, worker_id text, lease_s float8)
+  ON CONFLICT DO NOTHING
+  RETURNING id, state, worker_id, lease_expires_at, claim_count, create_time, start_time
+), created_events AS (
+  INSERT INTO run_events (run_id, seq, type, payload)
+  SELECT id, 1, 'RUN_QUEUED', '{}'::jsonb FROM created
+)"""
+
+
+_OWNED = "\nSELECT id, NULL::text FROM owned"
+BATCH = PreparedStatement("iceos_checkpoint_batch", _BATCH + _OWNED)
+BATCH_CHANGING = PreparedStatement("iceos_checkpoint_batch_changing",
+                                   _BATCH + _UPDATE_RUNS + _OWNED)
+BATCH_CREATING = PreparedStatement(
+    "iceos_checkpoint_batch_creating",
+    _BATCH + _UPDATE_RUNS + _CREATE_RUNS + _OWNED
+    + " UNION ALL SELECT id, row_to_json(created)::text FROM created")
+STATEMENTS = (BATCH, BATCH_CHANGING, BATCH_CREATING)
 
 
 async def write_batch(conn: psycopg.AsyncConnection, worker_id: str,
-                      batch: dict[str, Any]) -> set[str]:
-    """Write one checkpoint batch (node records, attempts, events, run updates of many runs) in
-    one statement; returns the runs it was written for (the others are no longer this
-    worker's: their writes were dropped)."""
-    rows = await (await conn.execute(_BATCH, {"b": dumps(batch), "w": worker_id})).fetchall()
-    return {row["id"] for row in rows}
+                      batch: dict[str, Any]) -> dict[str, Any]:
+    """Write one checkpoint batch (node records, attempts, events, run updates of many runs,
+    runs to create) in one statement. Returns the runs it was written for (id → True; the
+    others are no longer this worker's: their writes were dropped) and the runs it created
+    (id → the columns the database filled). `conn` must have STATEMENTS prepared."""
+    ids = [r["id"] for r in batch["runs"]]
+    statement = BATCH_CREATING if batch.get("created") else \
+        BATCH_CHANGING if any(r["changed"] for r in batch["runs"]) else BATCH
+    rows = await statement.execute(conn, [dumps(batch), worker_id, text_array(ids)])
+    written: dict[str, Any] = {}
+    for run_id, created in rows:
+        if run_id is None:
+            continue
+        if created is None:
+            written[run_id] = True
+        else:
+            row = json.loads(created)
+            for key in ("lease_expires_at", "create_time", "start_time"):
+                if row[key] is not None:
+                    row[key] = datetime.fromisoformat(row[key])
+            written[run_id] = row
+    return written
+
+
+def text_array(values: list[str]) -> str:
+    """A Postgres text[] literal."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                          for v in values) + "}"
 
 
 async def wake_parents(conn: psycopg.AsyncConnection, parent_ids: list[str]) -> None:

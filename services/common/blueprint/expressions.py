@@ -36,8 +36,17 @@ class Expression:
     variables: frozenset[str]
     # Node ids it reads through `nodes.<id>`.
     node_refs: frozenset[str]
+    # Every use of `nodes` is one of those references (not `nodes[inputs.k]`, `size(nodes)`):
+    # the other nodes' outputs need not be converted for it.
+    static_nodes: bool = False
 
     def evaluate(self, context: dict[str, Any]) -> Any:
+        # Convert only what the expression reads: a long chain's context holds every finished
+        # node, and converting all of them for each expression is quadratic in the run.
+        context = {k: v for k, v in context.items() if k in self.variables}
+        nodes = context.get("nodes")
+        if self.static_nodes and isinstance(nodes, dict):
+            context["nodes"] = {k: nodes[k] for k in self.node_refs if k in nodes}
         try:
             result = self.program.execute(to_cel(context))
         except KeyError as exc:
@@ -52,6 +61,17 @@ class Expression:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+# `nodes` used otherwise than as `nodes.<id>` / `nodes[""]` (string literals blanked): as a
+# whole (`size(nodes)`, `nodes.exists(…)`, `nodes[inputs.k]`). Not a field (`inputs.nodes`).
+_OTHER_NODES_USE = re.compile(
+    r"""(?<![.\w])nodes\b(?!\s*(?:\.\s*[A-Za-z_][A-Za-z0-9_]*\b(?!\s*\()"""
+    r"""|\[\s*(?:""|'')\s*\]))""")
+
+
+def only_static_node_references(source: str) -> bool:
+    return not _OTHER_NODES_USE.search(_STRING_LITERAL.sub('""', source))
 
 
 def node_references(source: str) -> frozenset[str]:
@@ -81,7 +101,8 @@ def compile_expression(source: str) -> Expression:
         raise ExpressionError(" ".join(message.split())) from None
     return Expression(source=source, program=program,
                       variables=frozenset(program.variables()),
-                      node_refs=node_references(source))
+                      node_refs=node_references(source),
+                      static_nodes=only_static_node_references(source))
 
 
 def evaluate(source: str, context: dict[str, Any]) -> Any:

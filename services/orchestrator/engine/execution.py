@@ -5,7 +5,7 @@ outputs). What this module adds:
 
 - Checkpoints. Every node's record (state, attempt, output, error, usage) and its events are
   staged with the worker's CheckpointWriter; a completion is committed before the scheduler
-  starts any dependent. A resumed execution reads the records and does not run again a node that
+  starts any dependent (a node no sibling depends on commits with the run's next write). A resumed execution reads the records and does not run again a node that
   SUCCEEDED, FAILED, was SKIPPED or TIMED_OUT; a node caught RUNNING re-executes the same attempt
   (same idempotency key); a node CANCELLED by its container (a parallel branch that lost, a
   failing sibling) runs again only if the container itself had not finished.
@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -30,6 +31,7 @@ from iceos.registry.v1 import blueprint_pb2
 from services.common import errors
 from services.common.blueprint import expressions, graph, templates
 
+from . import leaves
 from .checkpoint import LeaseLost, iso
 from .failures import NodeFailure
 
@@ -45,6 +47,10 @@ _MISSING = object()
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+# An escaped NUL in JSON text (an odd number of backslashes before `u0000`).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def to_json_size(value: Any) -> int:
@@ -78,6 +84,9 @@ class NodeRecord:
     wake_at: datetime | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
+    # No sibling depends on the node: its completion need not be committed before anything
+    # starts, so it joins the next commit of the run (at the latest the run's end). Not stored.
+    sink: bool = field(default=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "node_id": self.node_id, "kind": self.kind,
@@ -132,6 +141,30 @@ class ScopeResult:
     error: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class ScopePlan:
+    """The dependency structure of one list of sibling nodes, computed once per list."""
+
+    by_id: dict[str, blueprint_pb2.Node]
+    deps: dict[str, list[str]]  # id → the siblings it depends on
+    dependents: dict[str, list[str]]  # id → the siblings that depend on it
+    unmet: dict[str, int]  # id → how many dependencies it waits for at the start
+    roots: tuple[str, ...]  # ids with no dependency, in blueprint order
+    index: dict[str, int]  # id → position in the blueprint
+
+    @classmethod
+    def of(cls, nodes: Sequence[blueprint_pb2.Node]) -> "ScopePlan":
+        deps = graph.dependency_map(nodes)
+        dependents: dict[str, list[str]] = {n.id: [] for n in nodes}
+        for node_id, needs in deps.items():
+            for dep in needs:
+                dependents[dep].append(node_id)
+        return cls({n.id: n for n in nodes}, deps, dependents,
+                   {node_id: len(needs) for node_id, needs in deps.items()},
+                   tuple(n.id for n in nodes if not deps[n.id]),
+                   {n.id: i for i, n in enumerate(nodes)})
+
+
 class _Park(Exception):
     pass
 
@@ -153,7 +186,9 @@ class Execution:
         self.pins: dict[str, int] = row.get("pins") or {}
         self.deadline: datetime = row["deadline"]
         self.prev_state: str = row.get("prev_state") or "QUEUED"
-        self.seq: int = int(row["last_event_seq"])
+        # The last event's sequence: known for a run born here; read with the checkpoints
+        # otherwise (_load).
+        self.seq: int = int(row.get("last_event_seq") or 0)
         self.records: dict[str, NodeRecord] = {}
         self.usage: dict[str, int] = dict(row.get("usage") or {})
         self.output_bytes = 0
@@ -172,23 +207,28 @@ class Execution:
 
     # -- events and records ---------------------------------------------------------------------
 
-    def emit(self, kind: str, node: str = "", payload: dict[str, Any] | None = None) -> None:
+    def emit(self, kind: str, node: str = "", payload: dict[str, Any] | None = None,
+             at: datetime | None = None) -> None:
         self.seq += 1
-        self.writer.event(self.run_id, self.claim, self.seq, kind, node, payload or {}, now())
+        self.writer.event(self.run_id, self.claim, self.seq, kind, node, payload or {},
+                          at or now())
 
     def stage(self, rec: NodeRecord) -> None:
         self.writer.node(self.run_id, self.claim, rec)
 
-    def stage_attempt(self, rec: NodeRecord, outcome: str | None = None) -> None:
+    def stage_attempt(self, rec: NodeRecord, outcome: str | None = None,
+                      at: datetime | None = None) -> None:
         key = (rec.path, rec.attempt)
+        at = at or now()
         record: dict[str, Any] = {"path": rec.path, "attempt": rec.attempt,
                                   "key": self.idempotency_key(rec), "outcome": outcome}
         if outcome is None:
-            self._attempt_start[key] = now()
+            self._attempt_start[key] = at
             record["end_time"] = None
+            record["start_time"] = at.isoformat()
         else:
-            record["end_time"] = iso(now())
-        record["start_time"] = iso(self._attempt_start.get(key) or rec.start_time or now())
+            record["end_time"] = at.isoformat()
+            record["start_time"] = iso(self._attempt_start.get(key) or rec.start_time or at)
         self.writer.attempt(self.run_id, self.claim, record)
 
     def idempotency_key(self, rec: NodeRecord) -> str:
@@ -228,8 +268,8 @@ class Execution:
         deadline = loop.call_later(max(0.0, (self.deadline - now()).total_seconds()),
                                    self.request_stop, "TIMED_OUT")
         try:
-            if self.prev_state != "QUEUED":  # a fresh run has no checkpoints to read
-                await self._load()
+            if self.prev_state != "QUEUED" or "last_event_seq" not in self.row:
+                await self._load()  # a run born here has no checkpoints to read
             await self._run()
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -255,7 +295,7 @@ class Execution:
                 self._park_timer.cancel()
 
     async def _load(self) -> None:
-        rows = await self.worker.checkpoints(self.run_id)
+        rows, self.seq = await self.worker.checkpoints(self.run_id)
         self.records = {r["path"]: NodeRecord.from_row(r) for r in rows}
         self.output_bytes = sum(to_json_size(r.output) for r in self.records.values()
                                 if r.state == "SUCCEEDED")
@@ -404,69 +444,68 @@ class Execution:
     async def scope(self, nodes: Sequence[blueprint_pb2.Node], prefix: str, segment: str,
                     ctx: Context) -> ScopeResult:
         """Run one list of sibling nodes as a DAG."""
-        deps = graph.dependency_map(nodes)
-        by_id = {n.id: n for n in nodes}
+        plan = self.worker.scope_plan(nodes)
+        by_id, deps, dependents = plan.by_id, plan.deps, plan.dependents
         results: dict[str, Outcome] = {}
         # What siblings see: every finished sibling. Validation already limits references to
         # a node's dependency closure, and every node of that closure has finished before the
         # node starts, so one shared mapping serves all (no per-node copy).
         refs: dict[str, dict[str, Any]] = {}
         inner = ctx.nested(refs)
-        pending = [n.id for n in nodes]
+        unmet = dict(plan.unmet)  # dependencies each node still waits for
+        ready = list(plan.roots)  # nodes whose dependencies have all finished, not started
         tasks: dict[asyncio.Task[Outcome], str] = {}
+
+        def finished(node_id: str, outcome: Outcome) -> None:
+            results[node_id] = outcome
+            refs[node_id] = outcome.ref()
+            for later in dependents[node_id]:
+                unmet[later] -= 1
+                if not unmet[later]:
+                    ready.append(later)
+
+        def failure(node_id: str, outcome: Outcome) -> ScopeResult | None:
+            if outcome.state in ("FAILED", "TIMED_OUT") and \
+                    by_id[node_id].on_error != blueprint_pb2.ON_ERROR_CONTINUE:
+                error = dict(outcome.error or {})
+                error.setdefault("node", graph.run_path(prefix, segment, node_id))
+                return ScopeResult(False, {}, {}, error)
+            return None
+
         try:
             while True:
-                started = True
-                while started:
-                    started = False
-                    ready = [i for i in pending if all(d in results for d in deps[i])]
-                    if len(ready) == 1 and not tasks:
-                        # One node and nothing else running (a chain): run it in this task,
-                        # saving a task and a wait per node.
-                        node_id = ready[0]
-                        node = by_id[node_id]
-                        path = graph.run_path(prefix, segment, node_id)
-                        if not any(results[d].state == "SKIPPED" for d in deps[node_id]):
-                            pending.remove(node_id)
-                            outcome = await self.node(node, path, inner)
-                            results[node_id] = outcome
-                            refs[node_id] = outcome.ref()
-                            if outcome.state in ("FAILED", "TIMED_OUT") and \
-                                    node.on_error != blueprint_pb2.ON_ERROR_CONTINUE:
-                                error = dict(outcome.error or {})
-                                error.setdefault("node", path)
-                                return ScopeResult(False, {}, {}, error)
-                            started = True
-                            continue
-                    for node_id in list(pending):
-                        if not all(d in results for d in deps[node_id]):
-                            continue
-                        pending.remove(node_id)
-                        node = by_id[node_id]
+                while ready:
+                    if len(ready) > 1:
+                        ready.sort(key=plan.index.__getitem__)  # blueprint order
+                    starting, ready = ready, []
+                    for node_id in starting:
                         path = graph.run_path(prefix, segment, node_id)
                         skipped = [d for d in deps[node_id] if results[d].state == "SKIPPED"]
                         if skipped:
-                            results[node_id] = self.skip(node, path,
-                                                         f"dependency {skipped[0]} was skipped")
-                            refs[node_id] = results[node_id].ref()
-                            started = True
-                            continue
-                        task = asyncio.ensure_future(self.node(node, path, inner))
-                        tasks[task] = node_id
+                            finished(node_id, self.skip(by_id[node_id], path,
+                                                        f"dependency {skipped[0]} was skipped"))
+                        elif len(starting) == 1 and not tasks:
+                            # One node and nothing else running (a chain): run it in this
+                            # task, saving a task and a wait per node.
+                            outcome = await self.node(by_id[node_id], path, inner,
+                                                      sink=not dependents[node_id])
+                            finished(node_id, outcome)
+                            if (failed := failure(node_id, outcome)) is not None:
+                                return failed
+                        else:
+                            task = asyncio.ensure_future(self.node(
+                                by_id[node_id], path, inner, sink=not dependents[node_id]))
+                            tasks[task] = node_id
                 if not tasks:
                     break
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     node_id = tasks.pop(task)
                     outcome = task.result()
-                    results[node_id] = outcome
-                    refs[node_id] = outcome.ref()
-                    if outcome.state in ("FAILED", "TIMED_OUT") and \
-                            by_id[node_id].on_error != blueprint_pb2.ON_ERROR_CONTINUE:
+                    finished(node_id, outcome)
+                    if (failed := failure(node_id, outcome)) is not None:
                         await self._cancel_tasks(tasks)
-                        error = dict(outcome.error or {})
-                        error.setdefault("node", graph.run_path(prefix, segment, node_id))
-                        return ScopeResult(False, {}, {}, error)
+                        return failed
         finally:
             if tasks:
                 await self._cancel_tasks(tasks)
@@ -491,13 +530,15 @@ class Execution:
 
     # -- one node ---------------------------------------------------------------------------------
 
-    async def node(self, node: blueprint_pb2.Node, path: str, ctx: Context) -> Outcome:
+    async def node(self, node: blueprint_pb2.Node, path: str, ctx: Context, *,
+                   sink: bool = False) -> Outcome:
         rec = self.records.get(path)
         if rec is not None and rec.state in DONE:
             return Outcome(rec.state, rec.output, rec.error)
         kind = graph.kind_of(node)
         if rec is None:
             rec = self.records[path] = NodeRecord(path, node.id, kind)
+        rec.sink = sink
         self.executions += 1
         try:
             if self.executions > self.config.max_node_executions:
@@ -528,20 +569,27 @@ class Execution:
         self.emit("NODE_CANCELLED", rec.path, {})
         self.end_wait(rec)
 
-    def start(self, rec: NodeRecord, payload: dict[str, Any] | None = None) -> None:
+    def start(self, rec: NodeRecord, payload: dict[str, Any] | None = None,
+              at: datetime | None = None) -> None:
+        at = at or now()
         rec.state = "RUNNING"
         rec.error = None
         if rec.start_time is None:
-            rec.start_time = now()
+            rec.start_time = at
         self.stage(rec)
         self.emit("NODE_STARTED", rec.path, {"kind": rec.kind, "attempt": rec.attempt,
-                                             **(payload or {})})
+                                             **(payload or {})}, at)
 
     def check_output(self, output: Any) -> int:
         try:
-            size = to_json_size(output)
+            text = json.dumps(output, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise NodeFailure("BAD_OUTPUT", f"the output is not JSON: {exc}") from None
+        if "\\u0000" in text and _JSON_NUL.search(text):
+            # Postgres refuses it in jsonb: the checkpoint could never be written.
+            raise NodeFailure("BAD_OUTPUT", "the output contains a NUL character (\\u0000), "
+                                            "which a run's record cannot hold")
+        size = len(text)
         limit = self.config.max_node_output_bytes
         if size > limit:
             raise NodeFailure("OUTPUT_TOO_LARGE", f"the output is {size} bytes, more than the "
@@ -555,35 +603,36 @@ class Execution:
     async def complete(self, rec: NodeRecord, output: Any = None, *,
                        failure: NodeFailure | None = None, size: int = 0) -> Outcome:
         """Record the node's completion and commit it before returning (dependents start
-        after this)."""
-        rec.end_time = now()
+        after this). A sink's completion is staged only: it commits with the run's next write
+        (its container's completion, the run's end), which nothing can precede."""
+        rec.end_time = at = now()
         self.end_wait(rec)
         if failure is None:
             rec.state, rec.output, rec.error = "SUCCEEDED", output, None
             self.output_bytes += size
             if rec.kind in LEAF_KINDS:
-                self.stage_attempt(rec, "SUCCEEDED")
-            self.emit("NODE_SUCCEEDED", rec.path, {"output": output})
+                self.stage_attempt(rec, "SUCCEEDED", at)
+            self.emit("NODE_SUCCEEDED", rec.path, {"output": output}, at)
         else:
             rec.state = "TIMED_OUT" if failure.timed_out else "FAILED"
             rec.output, rec.error = None, failure.to_json()
             if rec.kind in LEAF_KINDS and rec.attempt:
-                self.stage_attempt(rec, rec.state)
+                self.stage_attempt(rec, rec.state, at)
             self.emit("NODE_TIMED_OUT" if failure.timed_out else "NODE_FAILED", rec.path,
-                      {"error": rec.error, "attempt": rec.attempt})
+                      {"error": rec.error, "attempt": rec.attempt}, at)
         if rec.usage:
             for key, value in rec.usage.items():
                 self.usage[key] = self.usage.get(key, 0) + int(value)
             self.writer.run(self.run_id, self.claim, {"usage": self.usage})
         self.stage(rec)
         self.progressed = True
-        await self.commit()
+        if not rec.sink:  # dependents start after this; a sink's completion commits later
+            await self.commit()
         return Outcome(rec.state, rec.output, rec.error)
 
     # -- leaves: tool, llm, agent, code -----------------------------------------------------------
 
     async def _leaf(self, node: blueprint_pb2.Node, rec: NodeRecord, ctx: Context) -> Outcome:
-        from . import leaves
         execute = leaves.EXECUTORS[rec.kind]
         retry = node.retry
         max_attempts = max(1, retry.max_attempts)
@@ -592,8 +641,9 @@ class Execution:
         # A node caught RUNNING by a resume re-executes that same attempt (same key).
         rec.attempt = rec.attempt if rec.state == "RUNNING" and rec.attempt else rec.attempt + 1
         while True:
-            self.start(rec)
-            self.stage_attempt(rec)
+            at = now()
+            self.start(rec, at=at)
+            self.stage_attempt(rec, at=at)
             self._busy(+1)
             try:
                 async with self.run_slots, self.worker.node_slots:

@@ -28,7 +28,7 @@ from ..config import EngineConfig
 from ..notify import Notifier
 from ..sandbox import SandboxClient
 from .checkpoint import CheckpointWriter
-from .execution import Execution
+from .execution import Execution, ScopePlan
 from .failures import NodeFailure
 
 if TYPE_CHECKING:
@@ -67,8 +67,13 @@ class Worker:
         self._specs: dict[tuple[str, str, int], blueprint_pb2.Blueprint] = {}
         self._static: dict[int, tuple[Any, Any, bool]] = {}
         self._checked: dict[tuple[int, str, int], Any] = {}
+        self._plans: dict[int, tuple[Any, ScopePlan]] = {}
         self._stopping = False
         self._started = False
+        # Runs may be claimable that this worker had no room for: claim again as soon as an
+        # execution ends (otherwise an ending execution claims nothing; wake-ups and the poll
+        # find new work).
+        self._backlog = False
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -134,8 +139,8 @@ class Worker:
             self.writer.discard(execution.run_id)
         finally:
             self.executions.pop(execution.run_id, None)
-            if not self._stopping:
-                self._claim_now.set()
+            if self._backlog and not self._stopping:
+                self._claim_now.set()  # a slot came free and runs may be waiting for one
 
     def static_value(self, message: Any) -> tuple[Any, bool]:
         """A Struct of the blueprint (tool args, …) as Python, and whether any string in it is
@@ -151,6 +156,18 @@ class Worker:
             self._static.clear()
         self._static[key] = (message, value, has_templates)
         return value, has_templates
+
+    def scope_plan(self, nodes: Any) -> ScopePlan:
+        """The plan of a list of sibling nodes of a blueprint, made once per list (cached like
+        static_value: the cache keeps the list alive, so its id is not reused)."""
+        hit = self._plans.get(id(nodes))
+        if hit is not None and hit[0] is nodes:
+            return hit[1]
+        plan = ScopePlan.of(nodes)
+        if len(self._plans) > 2000:
+            self._plans.clear()
+        self._plans[id(nodes)] = (nodes, plan)
+        return plan
 
     def args_checked(self, message: Any, component: Component) -> bool:
         hit = self._checked.get((id(message), component.ref, component.version))
@@ -193,6 +210,10 @@ class Worker:
             except TimeoutError:
                 pass
             self._claim_now.clear()
+            if self.capacity() <= 0:
+                # Told of claimable runs while full: claim when an execution ends.
+                self._backlog = self._started and not self._stopping
+                continue
             try:
                 while (free := self.capacity()) > 0:
                     wanted = min(free, 100)
@@ -201,7 +222,9 @@ class Worker:
                                                  self.config.lease_s, wanted)
                     for row in rows:
                         self.adopt(row)
-                    if len(rows) < wanted:
+                    # A full answer may have left more behind.
+                    self._backlog = len(rows) >= wanted
+                    if not self._backlog:
                         break
             except errors.Unavailable:
                 await asyncio.sleep(self.config.poll_s)
@@ -259,8 +282,9 @@ class Worker:
                 waited += delay
                 delay = min(delay * 2, 2.0)
 
-    async def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
-        return await self._read(store.run_nodes, run_id, patience_s=float("inf"))
+    async def checkpoints(self, run_id: str) -> tuple[list[dict[str, Any]], int]:
+        """The run's node records and its last event sequence."""
+        return await self._read(store.checkpoint, run_id, patience_s=float("inf"))
 
     async def component(self, project_id: str, ref: str, version: int = 0) -> Component | None:
         if ref.startswith("builtins/"):
