@@ -161,6 +161,9 @@ class Notifier:
     async def _listen(self) -> None:
         if self.redis is None:
             return
+        # The listener keeps its own view of the subscription: a failed publish may already have
+        # cleared `redis_ok`, and the loss must still be logged once, here, where it is seen.
+        subscribed = False
         while True:
             pubsub = None
             try:
@@ -168,7 +171,7 @@ class Notifier:
                 await pubsub.subscribe(WAKE, EVENTS)
                 if not self.redis_ok:
                     log.info("redis subscription up")
-                self.redis_ok = True
+                subscribed = self.redis_ok = True
                 self._breaker_until = 0.0
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
@@ -177,10 +180,10 @@ class Notifier:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - degrade to polling, try again shortly
-                if self.redis_ok:
+                if subscribed:
                     log.warning("redis subscription lost (%s); polling Postgres instead",
                                 exc.__class__.__name__)
-                self.redis_ok = False
+                subscribed = self.redis_ok = False
                 await asyncio.sleep(1.0)
             finally:
                 if pubsub is not None:
