@@ -9,14 +9,13 @@ import json
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from iceos.auth.v1 import access_pb2, auth_pb2, auth_pb2_grpc
 from iceos.memory.v1 import memory_pb2, memory_pb2_grpc
 from iceos.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 from services.common.principal import Role
 from tests.support.edge_client import bad_credentials, request
+from tests.support.errors import error_reason
 from tests.support.stack import LiveStack, Tenant
 
 # One call per service, each needing a token: (service process, stub factory, method, request).
@@ -37,17 +36,6 @@ def _rpc_error(call, req, metadata) -> grpc.RpcError:  # type: ignore[no-untyped
     with pytest.raises(grpc.RpcError) as info:
         call(req, metadata=metadata, timeout=30)
     return info.value
-
-
-def _reason(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    # Envoy's own replies carry the reason as trailing metadata.
-    return dict(error.trailing_metadata() or ()).get("x-iceos-reason", "")
 
 
 @pytest.fixture
@@ -80,7 +68,7 @@ def test_every_bad_credential_is_unauthenticated_over_grpc(stack: LiveStack, ten
                 metadata = [("authorization", authorization)] if authorization else []
                 error = _rpc_error(call, _request_for(service, tenant), metadata)
                 assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (target, service, case)
-                assert _reason(error) == reason, (target, service, case)
+                assert error_reason(error) == reason, (target, service, case)
                 assert "Traceback" not in (error.details() or "")
 
 

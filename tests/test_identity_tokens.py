@@ -10,12 +10,11 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from iceos.auth.v1 import access_pb2, auth_pb2, auth_pb2_grpc
 
 from services.common.principal import Role
 from tests.conftest import db_execute
+from tests.support.errors import violations
 from tests.support.processes import wait_for
 from tests.support.stack import LiveStack, Tenant
 
@@ -33,15 +32,7 @@ def _error(call, *args, **kwargs) -> grpc.RpcError:  # type: ignore[no-untyped-d
 
 
 def _violations(error: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return fields
+    return [field for field, _ in violations(error)]
 
 
 def _mint(auth: auth_pb2_grpc.AuthServiceStub, tenant: Tenant, role: int = access_pb2.ROLE_VIEWER,

@@ -7,8 +7,6 @@ import asyncio
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from iceos.auth.v1 import auth_pb2, auth_pb2_grpc
 from iceos.memory.v1 import memory_pb2, memory_pb2_grpc
 
@@ -16,6 +14,7 @@ from services.common import errors
 from services.common.auth import Authenticator
 from services.common.db import Database
 from services.common.interceptors import ServiceInterceptor
+from tests.support.errors import error_info, field_violations
 from tests.support.stack import create_tenant
 
 
@@ -71,18 +70,11 @@ def test_invalid_argument_carries_field_violations_and_error_info(fresh_database
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await auth_pb2_grpc.AuthServiceStub(channel).GetProject(
                 auth_pb2.GetProjectRequest(name=tenant.parent), metadata=tenant.md())
-        status = rpc_status.from_call(info.value)  # type: ignore[arg-type]
-        assert status is not None and status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-        found = {}
-        for detail in status.details:
-            for cls in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest):
-                if detail.Is(cls.DESCRIPTOR):
-                    msg = cls()
-                    detail.Unpack(msg)
-                    found[cls.__name__] = msg
-        assert found["ErrorInfo"].domain == "iceos.dev"
-        assert found["ErrorInfo"].reason == "INVALID_ARGUMENT"
-        assert [(v.field, v.description) for v in found["BadRequest"].field_violations] == \
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        found = error_info(info.value)
+        assert found is not None and found.domain == "iceos.dev"
+        assert found.reason == "INVALID_ARGUMENT"
+        assert [(v.field, v.description) for v in field_violations(info.value)] == \
             [("blueprint.nodes[2].depends_on[0]", "unknown node 'x'")]
 
     asyncio.run(_with_server(fresh_database, check))

@@ -11,7 +11,8 @@ from iceos.registry.v1 import blueprint_pb2, registry_pb2
 from services.common.principal import Role
 from tests.conftest import db_execute
 from tests.support.processes import wait_for
-from tests.support.registry import blueprint, error_reason, hello, http, stub, violations
+from tests.support.errors import error_reason, violations
+from tests.support.registry import blueprint, hello, http, stub
 
 
 def _field(number: int, payload: bytes) -> bytes:

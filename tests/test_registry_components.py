@@ -15,8 +15,8 @@ from google.protobuf import field_mask_pb2
 from iceos.registry.v1 import component_pb2, registry_pb2
 
 from services.common.principal import Role
-from tests.support.registry import (blueprint, component, error_reason, hello, http,
-                                    python_tool, stub, violations)
+from tests.support.errors import error_reason, violations
+from tests.support.registry import blueprint, component, hello, http, python_tool, stub
 
 LABELLED = Path(__file__).parent / "registry_search" / "labelled.yaml"
 
@@ -191,6 +191,14 @@ def test_invalid_components_name_each_problem(stack, tenant) -> None:  # type: i
             {"description": "a WASM tool", "tool": {"wasmModule": base64.b64encode(wasm).decode(),
                                                     "inputSchema": {"type": "object"}}}))
         assert ok.tool.wasm_module == wasm
+        # WAT text sent where the binary belongs: the answer says how to fix it.
+        wat = b'(module (func (export "_start")))'
+        error = _refused(s.CreateComponent, registry_pb2.CreateComponentRequest(
+            parent=tenant.parent, component_id="wat_tool", component=component(
+                {"tool": {"wasmModule": base64.b64encode(wat).decode(), "inputSchema": {}}})),
+            tenant)
+        assert violations(error) == [("component.tool.wasm_module", "BAD_WASM")]
+        assert "compile it to the binary format first" in error.details()
 
 
 def test_workflow_cycles_are_refused(stack, tenant) -> None:  # type: ignore[no-untyped-def]

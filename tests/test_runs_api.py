@@ -10,11 +10,10 @@ import urllib.request
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from iceos.orchestrator.v1 import orchestrator_pb2
 
 from services.common.principal import Role
+from tests.support.errors import violation_descriptions
 from tests.support.runs import (State, event_types, events, get, nodes, py, save_blueprint,
                                 start, stub, tool, wait)
 
@@ -23,17 +22,6 @@ ECHO = {"nodes": [tool("greet", "builtins/template",
         "inputSchema": {"type": "object", "required": ["name"],
                         "properties": {"name": {"type": "string", "maxLength": 20}}},
         "output": "nodes.greet.output.text"}
-
-
-def violations(error: grpc.RpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)
-    found = {}
-    for detail in status.details if status else []:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found.update({v.field: v.description for v in bad.field_violations})
-    return found
 
 
 def test_saved_blueprint_runs_latest_or_pinned_version(stack, tenant) -> None:  # type: ignore[no-untyped-def]
@@ -118,11 +106,11 @@ def test_inputs_failing_the_schema_are_invalid_with_paths(stack, tenant) -> None
         with pytest.raises(grpc.RpcError) as info:
             start(api, tenant, spec=ECHO, inputs={"name": "x" * 30})
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "inputs.name" in violations(info.value)
+        assert "inputs.name" in violation_descriptions(info.value)
         with pytest.raises(grpc.RpcError) as info:
             start(api, tenant, spec=ECHO, inputs={})
-        assert "inputs" in violations(info.value)
-        assert "name" in violations(info.value)["inputs"]
+        assert "inputs" in violation_descriptions(info.value)
+        assert "name" in violation_descriptions(info.value)["inputs"]
         with pytest.raises(grpc.RpcError):
             start(api, tenant, spec=ECHO, inputs={"name": 3})
         listed = api.ListRuns(orchestrator_pb2.ListRunsRequest(parent=tenant.parent),
@@ -139,7 +127,7 @@ def test_invalid_inline_blueprint_lists_every_violation(stack, tenant) -> None: 
         with pytest.raises(grpc.RpcError) as info:
             start(stub(channel), tenant, spec=spec)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    found = violations(info.value)
+    found = violation_descriptions(info.value)
     assert set(found) >= {"inline_blueprint.nodes[0].tool.component",
                           "inline_blueprint.nodes[1].depends_on[0]",
                           "inline_blueprint.nodes[1].tool.args.template",

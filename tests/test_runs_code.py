@@ -1,17 +1,21 @@
-"""Code nodes and Python tool components run in the sandbox service (never in the orchestrator),
-called with a service token for the run's project and the node's idempotency key."""
+"""Code nodes and Python and WASM tool components run in the sandbox service (never in the
+orchestrator), called with a service token for the run's project and the node's idempotency key."""
 
 from __future__ import annotations
 
 import time
 
+import grpc
 import pytest
-from google.protobuf import json_format
+import wasmtime
+from google.protobuf import json_format, struct_pb2
 from iceos.registry.v1 import component_pb2, registry_pb2, registry_pb2_grpc
 from iceos.orchestrator.v1 import orchestrator_pb2
 
+from tests.support.errors import violations
 from tests.support.processes import wait_for
 from tests.support.runs import State, get, node_state, nodes, py, run_and_wait, start, stub, wait
+from tests.support.sandbox import EXAMPLES
 
 
 @pytest.fixture
@@ -66,6 +70,30 @@ def test_python_tool_component_runs_in_the_sandbox(stack, api, tenant) -> None: 
         "component": "words", "args": {"text": "one two three"}}}]})
     assert run.state == State.RUN_STATE_SUCCEEDED, run.error
     assert py(run.output)["count"] == {"count": 3}
+
+
+def test_wasm_tool_component_runs_in_the_sandbox(stack, api, tenant) -> None:  # type: ignore[no-untyped-def]
+    module = bytes(wasmtime.wat2wasm((EXAMPLES / "echo.wat").read_text()))
+    tool = component_pb2.Component(
+        display_name="Echo", description="echo the inputs back",
+        tool=component_pb2.ToolSpec(wasm_module=module, input_schema=json_format.ParseDict(
+            {"type": "object", "required": ["text"]}, struct_pb2.Struct())))
+    with stack.channel("registry") as channel:
+        registry_pb2_grpc.RegistryServiceStub(channel).CreateComponent(
+            registry_pb2.CreateComponentRequest(parent=tenant.parent, component_id="echo",
+                                                component=tool), metadata=tenant.md())
+    run = run_and_wait(api, tenant, {"nodes": [{"id": "echo", "tool": {
+        "component": "echo", "args": {"text": "hi"}, "argExpressions": {"n": "inputs.n"}}}]},
+        {"n": 7})
+    assert run.state == State.RUN_STATE_SUCCEEDED, run.error
+    assert py(run.output)["echo"] == {"echo": {"text": "hi", "n": 7}}
+    # Arguments that contradict the tool's input schema are refused before anything runs.
+    with pytest.raises(grpc.RpcError) as refused:
+        start(api, tenant, spec={"nodes": [{"id": "echo", "tool": {
+            "component": "echo", "args": {"other": 1}}}]})
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(refused.value) == [("inline_blueprint.nodes[0].tool.args",
+                                          "MISSING_ARGUMENT")]
 
 
 def test_cancel_stops_running_code(api, tenant) -> None:  # type: ignore[no-untyped-def]

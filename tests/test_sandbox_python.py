@@ -14,11 +14,10 @@ import urllib.request
 import grpc
 import pytest
 from google.protobuf import json_format
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from iceos.sandbox.v1 import sandbox_pb2
 
 from services.common.principal import Role
+from tests.support.errors import violation_descriptions
 from tests.support.sandbox import execute, limits
 
 OK = sandbox_pb2.EXECUTION_STATUS_OK
@@ -32,18 +31,6 @@ def src(code: str) -> str:
 def result_of(response: sandbox_pb2.ExecuteResponse):  # type: ignore[no-untyped-def]
     assert response.status == OK, (response.error, response.stderr)
     return json_format.MessageToDict(response.result)
-
-
-def violations(exc: grpc.RpcError) -> dict[str, str]:
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-    assert status is not None
-    found = {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found.update({v.field: v.description for v in bad.field_violations})
-    return found
 
 
 @pytest.fixture
@@ -367,7 +354,7 @@ def test_bad_requests_are_invalid_argument_naming_the_field(sandbox, tenant, kwa
     with pytest.raises(grpc.RpcError) as info:
         execute(sandbox, tenant, **kwargs)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    found = violations(info.value)
+    found = violation_descriptions(info.value)
     assert field in found, found
     assert fragment in found[field]
 
@@ -376,7 +363,7 @@ def test_every_refused_limit_is_named(sandbox, tenant) -> None:  # type: ignore[
     with pytest.raises(grpc.RpcError) as info:
         execute(sandbox, tenant, source="def main(i):\n    return 1\n",
                 limit=limits(timeout_s=-1, memory_mb=1 << 20, cpu_s=10_000))
-    assert set(violations(info.value)) == {"limits.timeout", "limits.memory_mb",
+    assert set(violation_descriptions(info.value)) == {"limits.timeout", "limits.memory_mb",
                                            "limits.cpu_time"}
 
 
@@ -387,7 +374,7 @@ def test_language_is_required(sandbox, tenant) -> None:  # type: ignore[no-untyp
             sandbox_pb2.ExecuteRequest(parent=tenant.parent, source="def main(i): pass"),
             metadata=tenant.md(), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "language" in violations(info.value)
+    assert "language" in violation_descriptions(info.value)
 
 
 def test_viewers_cannot_execute_and_other_projects_are_not_found(  # type: ignore[no-untyped-def]

@@ -5,22 +5,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from iceos.memory.v1 import memory_pb2
 from iceos.sandbox.v1 import sandbox_pb2
 
-
-def _violations(error: grpc.RpcError) -> list[tuple[str, str]]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    found = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found += [(v.field, v.reason) for v in bad.field_violations]
-    return found
+from tests.support.errors import violations
 
 
 @pytest.mark.parametrize("service, method, request_message, needle, field", [
@@ -41,4 +29,4 @@ def test_invalid_utf8_names_the_field(stack, tenant, service, method, request_me
         with pytest.raises(grpc.RpcError) as info:
             call(raw, metadata=tenant.md(), timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _violations(info.value) == [(field, "INVALID_UTF8")]
+    assert violations(info.value) == [(field, "INVALID_UTF8")]

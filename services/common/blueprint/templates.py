@@ -61,6 +61,17 @@ def is_template(text: str) -> bool:
     return "{{" in text or "{%" in text or "{#" in text
 
 
+def has_template(value: Any) -> bool:
+    """Whether any string inside a JSON value is a template (so it must be rendered per run)."""
+    if isinstance(value, str):
+        return is_template(value)
+    if isinstance(value, dict):
+        return any(has_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_template(v) for v in value)
+    return False
+
+
 @lru_cache(maxsize=4096)
 def compile_template(source: str) -> Template:
     if len(source) > MAX_TEMPLATE_CHARS:

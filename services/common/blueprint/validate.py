@@ -30,7 +30,8 @@ from services.common.errors import FieldViolation
 
 from . import graph
 from .expressions import ExpressionError, compile_expression
-from .templates import MAX_TEMPLATE_CHARS, TemplateError, compile_template, is_template
+from .templates import (MAX_TEMPLATE_CHARS, TemplateError, compile_template, has_template,
+                        is_template)
 
 NODE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 MAX_ID_CHARS = 63
@@ -212,16 +213,6 @@ def _join(path: str, sub: str) -> str:
     if not sub:
         return path
     return path + sub if sub.startswith("[") else f"{path}.{sub}"
-
-
-def _has_template(value: Any) -> bool:
-    if isinstance(value, str):
-        return is_template(value)
-    if isinstance(value, dict):
-        return any(_has_template(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_template(v) for v in value)
-    return False
 
 
 # -- templates: a fast path for the common `text {{ name.attr | filter }} text` shape ------------------------
@@ -544,7 +535,7 @@ class _Validator:
                             schema: dict[str, Any]) -> None:
         """Arguments that contradict the component's input schema where that is known before
         the run: literal values (no template inside) and required names nobody supplies."""
-        dynamic = computed | {k for k, v in values.items() if _has_template(v)}
+        dynamic = computed | {k for k, v in values.items() if has_template(v)}
         literal = {k: v for k, v in values.items() if k not in dynamic}
         try:
             validator = _validator(schema)

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from iceos.registry.v1 import blueprint_pb2
 
 from services.common import errors
-from services.common.blueprint.templates import is_template
+from services.common.blueprint.templates import has_template
 from services.common.db import Database
 from services.common.settings import Settings
 
@@ -35,16 +35,6 @@ if TYPE_CHECKING:
     from ..runs import Runs
 
 log = logging.getLogger(__name__)
-
-
-def _has_template(value: Any) -> bool:
-    if isinstance(value, str):
-        return is_template(value)
-    if isinstance(value, dict):
-        return any(_has_template(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_template(v) for v in value)
-    return False
 
 
 class Worker:
@@ -151,7 +141,7 @@ class Worker:
         if hit is not None and hit[0] is message:
             return hit[1], hit[2]
         value = json_format.MessageToDict(message) if message.fields else {}
-        has_templates = _has_template(value)
+        has_templates = has_template(value)
         if len(self._static) > 10_000:
             self._static.clear()
         self._static[key] = (message, value, has_templates)

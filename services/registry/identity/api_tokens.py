@@ -25,6 +25,11 @@ MAX_DISPLAY_NAME = 200
 MAX_REQUEST_ID = 128
 
 
+def _not_found(name: str) -> errors.NotFound:
+    return errors.NotFound(f"{name} not found", reason="TOKEN_NOT_FOUND",
+                           metadata={"resource": name})
+
+
 @dataclass(frozen=True)
 class NewToken:
     display_name: str
@@ -117,8 +122,7 @@ class ApiTokens:
         async with self.db.connection() as conn:
             row = await store.get_token(conn, project, token_id)
         if row is None:
-            raise errors.NotFound(f"{name} not found", reason="TOKEN_NOT_FOUND",
-                                  metadata={"resource": name})
+            raise _not_found(name)
         return row
 
     async def list(self, parent: str, *, page_size: int, page_token: str,
@@ -151,8 +155,7 @@ class ApiTokens:
         async with self.db.transaction() as conn:
             row = await store.get_token(conn, project, token_id)
             if row is None:
-                raise errors.NotFound(f"{name} not found", reason="TOKEN_NOT_FOUND",
-                                      metadata={"resource": name})
+                raise _not_found(name)
             _check_role(principal, int(Role.parse(row["role"])), field="name",
                         action="revoke")
             row = await store.revoke_token(conn, project, token_id)
