@@ -9,6 +9,9 @@ is the path, not the handler. Rows, side by side:
   - gRPC / JSON via the edge, Check every call: the real edge with the verdict cache off, so
     every request waits for the registry's ext_authz Check.
   - gRPC / JSON via the edge: the real edge as shipped (verdict cache on).
+A second table takes the shipped edge apart: the same config with one part removed at a time
+(access log, request ids, header mutation, health/CORS/rate limit, auth, buffer, transcoder), so
+each part's cost is the shipped edge's p50 minus that variant's (latency only, gRPC).
 Latency is sequential calls from one client, in interleaved rounds so drift hits every row alike;
 throughput is 3 s of concurrent load per row. The client is Python on the same 2 cores, so
 throughput is client-bound: compare rows with each other, not with other machines.
@@ -31,6 +34,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
@@ -49,23 +53,55 @@ CALLS_PER_ROUND = int(os.environ.get("BENCH_EDGE_CALLS", "500"))
 THROUGHPUT_S = float(os.environ.get("BENCH_EDGE_SECONDS", "3"))
 CONCURRENCY = 16
 UNLIMITED = {"rate_limit_rps": 1_000_000}
+SHIPPED = "edge as shipped"
 
 
-def router_only_envoy(upstreams: dict[str, tuple[str, int]], workdir: Path) -> tuple[
-        subprocess.Popen[bytes], str]:
-    """The shipped config with every HTTP filter but the router removed."""
+Manager = dict[str, Any]
+
+
+def _drop_filters(*names: str) -> Callable[[Manager], None]:
+    def edit(manager: Manager) -> None:
+        manager["http_filters"] = [f for f in manager["http_filters"] if f["name"] not in names]
+    return edit
+
+
+def _router_only(manager: Manager) -> None:
+    _drop_filters(*{f["name"] for f in manager["http_filters"]} - {ROUTER})(manager)
+    manager.pop("local_reply_config")
+
+
+def _no_request_id(manager: Manager) -> None:
+    manager.update(generate_request_id=False, always_set_request_id_in_response=False)
+
+
+ROUTER = "envoy.filters.http.router"
+_HTTP = "envoy.filters.http."
+# Each part of the shipped edge, as an edit that removes it from the connection manager.
+PARTS: dict[str, Callable[[Manager], None]] = {
+    "access log": lambda manager: manager.pop("access_log"),
+    "request ids": _no_request_id,
+    "header mutation": _drop_filters(_HTTP + "header_mutation"),
+    "health, CORS, rate limit": _drop_filters(_HTTP + "health_check", _HTTP + "cors",
+                                              _HTTP + "local_ratelimit"),
+    "auth (Lua verdict cache + ext_authz)": _drop_filters(_HTTP + "lua", _HTTP + "ext_authz"),
+    "buffer (body limit)": _drop_filters(_HTTP + "buffer"),
+    "JSON transcoder": _drop_filters(_HTTP + "grpc_json_transcoder"),
+}
+
+
+def variant_envoy(upstreams: dict[str, tuple[str, int]], workdir: Path, label: str,
+                  edit: Callable[[Manager], None]) -> tuple[subprocess.Popen[bytes], str]:
+    """The shipped config (without a rate limit in the way), changed by `edit`, on its own port."""
     port = free_port()
     config = yaml.safe_load(envoy.render(envoy.EdgeConfig(
         edge_port=port, admin_port=free_port(), upstreams=upstreams,
-        listen_address="127.0.0.1")))
-    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    manager["typed_config"]["http_filters"] = [
-        f for f in manager["typed_config"]["http_filters"]
-        if f["name"] == "envoy.filters.http.router"]
-    manager["typed_config"].pop("local_reply_config")
-    path = workdir / "router-only.yaml"
+        listen_address="127.0.0.1", **UNLIMITED)))
+    edit(config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+         ["typed_config"])
+    slug = "".join(c if c.isalnum() else "-" for c in label)
+    path = workdir / f"{slug}.yaml"
     path.write_text(yaml.safe_dump(config))
-    log = open(workdir / "router-only.log", "ab")
+    log = open(workdir / f"{slug}.log", "ab")
     proc = subprocess.Popen(envoy.command(path), stdout=log, stderr=subprocess.STDOUT)
     return proc, f"127.0.0.1:{port}"
 
@@ -150,7 +186,8 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def measure(targets: dict[str, GrpcTarget | JsonTarget]) -> list[dict[str, object]]:
+def latencies(targets: dict[str, GrpcTarget | JsonTarget]) -> dict[str, list[float]]:
+    """Sequential call times per target, in interleaved rounds."""
     samples: dict[str, list[float]] = {name: [] for name in targets}
     for target in targets.values():  # warm connections and every cache
         for _ in range(200):
@@ -162,14 +199,43 @@ def measure(targets: dict[str, GrpcTarget | JsonTarget]) -> list[dict[str, objec
                 started = time.perf_counter()
                 call()
                 samples[name].append(time.perf_counter() - started)
+    return samples
+
+
+def latency_row(name: str, samples: list[float]) -> dict[str, Any]:
+    return {"path": name, "p50_ms": percentile(samples, 0.50) * 1000,
+            "p99_ms": percentile(samples, 0.99) * 1000,
+            "mean_ms": statistics.fmean(samples) * 1000, "calls": len(samples)}
+
+
+def measure(targets: dict[str, GrpcTarget | JsonTarget]) -> list[dict[str, Any]]:
+    samples = latencies(targets)
     rows = []
     for name, target in targets.items():
         rps = asyncio.run(target.load(THROUGHPUT_S)) / THROUGHPUT_S
-        rows.append({"path": name, "protocol": "gRPC" if isinstance(target, GrpcTarget)
-                     else "JSON", "p50_ms": percentile(samples[name], 0.50) * 1000,
-                     "p99_ms": percentile(samples[name], 0.99) * 1000,
-                     "mean_ms": statistics.fmean(samples[name]) * 1000,
-                     "calls": len(samples[name]), "throughput_rps": rps})
+        rows.append({**latency_row(name, samples[name]),
+                     "protocol": "gRPC" if isinstance(target, GrpcTarget) else "JSON",
+                     "throughput_rps": rps})
+    return rows
+
+
+def measure_parts(edge_address: str, variants: dict[str, str],
+                  token: str) -> list[dict[str, Any]]:
+    """The shipped edge against each variant without one part, in the same interleaved rounds."""
+    targets: dict[str, GrpcTarget | JsonTarget] = {SHIPPED: GrpcTarget(edge_address, token)}
+    targets.update({f"without {part}": GrpcTarget(address, token)
+                    for part, address in variants.items()})
+    try:
+        samples = latencies(targets)
+    finally:
+        for target in targets.values():
+            target.close()
+    shipped = percentile(samples[SHIPPED], 0.50) * 1000
+    rows = []
+    for name in targets:
+        row = latency_row(name, samples[name])
+        row["part_cost_p50_ms"] = None if name == SHIPPED else shipped - row["p50_ms"]
+        rows.append(row)
     return rows
 
 
@@ -184,7 +250,7 @@ def main() -> int:
         redis.start()
         live: LiveStack | None = None
         extra: list[Edge] = []
-        bare = None
+        envoys: list[subprocess.Popen[bytes]] = []
         targets: dict[str, GrpcTarget | JsonTarget] = {}
         try:
             migrate.upgrade(postgres.url)
@@ -197,33 +263,37 @@ def main() -> int:
             uncached = Edge(live.edge.upstreams, work / "uncached",
                             options={**UNLIMITED, "auth_cache_ms": 0}).start()
             extra.append(uncached)
-            bare, bare_address = router_only_envoy(live.edge.upstreams, work)
             token = create_tenant(postgres.url).tokens[Role.VIEWER]
-            probe = GrpcTarget(bare_address, token)
-            wait_for(lambda: _ok(probe.call), 30, what="router-only Envoy")
-            probe.close()
+            addresses = {}
+            for label, edit in {"router only": _router_only, **PARTS}.items():
+                proc, addresses[label] = variant_envoy(live.edge.upstreams, work, label, edit)
+                envoys.append(proc)
+                probe = GrpcTarget(addresses[label], token)
+                wait_for(lambda: _ok(probe.call), 30, what=f"Envoy, {label}")
+                probe.close()
             targets = {
                 "gRPC direct (registry port)": GrpcTarget(live.address("registry"), token),
-                "gRPC via Envoy, router only": GrpcTarget(bare_address, token),
+                "gRPC via Envoy, router only": GrpcTarget(addresses.pop("router only"), token),
                 "gRPC via edge, Check every call": GrpcTarget(uncached.address, token),
                 "gRPC via edge": GrpcTarget(live.edge.address, token),
                 "JSON via edge, Check every call": JsonTarget(uncached.address, token),
                 "JSON via edge": JsonTarget(live.edge.address, token),
             }
             rows = measure(targets)
+            parts = measure_parts(live.edge.address, addresses, token)
         finally:
             for target in targets.values():
                 target.close()
-            if bare is not None:
-                bare.terminate()
-                bare.wait()
+            for proc in envoys:
+                proc.terminate()
+                proc.wait()
             for edge in extra:
                 edge.stop()
             if live is not None:
                 live.stop()
             redis.stop()
             postgres.stop()
-    report(rows)
+    report(rows, parts)
     return 0
 
 
@@ -235,17 +305,17 @@ def _ok(call: Callable[[], None]) -> bool:
         return False
 
 
-def report(rows: list[dict[str, object]]) -> None:
+def report(rows: list[dict[str, Any]], parts: list[dict[str, Any]]) -> None:
     by = {r["path"]: r for r in rows}
     direct = by["gRPC direct (registry port)"]
     overhead = {
-        "grpc_p50_ms": by["gRPC via edge"]["p50_ms"] - direct["p50_ms"],  # type: ignore[operator]
-        "grpc_p99_ms": by["gRPC via edge"]["p99_ms"] - direct["p99_ms"],  # type: ignore[operator]
-        "grpc_p50_ms_router_only": by["gRPC via Envoy, router only"]["p50_ms"]  # type: ignore[operator]
+        "grpc_p50_ms": by["gRPC via edge"]["p50_ms"] - direct["p50_ms"],
+        "grpc_p99_ms": by["gRPC via edge"]["p99_ms"] - direct["p99_ms"],
+        "grpc_p50_ms_router_only": by["gRPC via Envoy, router only"]["p50_ms"]
         - direct["p50_ms"],
-        "grpc_p50_ms_check_every_call": by["gRPC via edge, Check every call"]["p50_ms"]  # type: ignore[operator]
+        "grpc_p50_ms_check_every_call": by["gRPC via edge, Check every call"]["p50_ms"]
         - direct["p50_ms"],
-        "json_p50_ms_vs_grpc_direct": by["JSON via edge"]["p50_ms"] - direct["p50_ms"],  # type: ignore[operator]
+        "json_p50_ms_vs_grpc_direct": by["JSON via edge"]["p50_ms"] - direct["p50_ms"],
     }
     print(f"\nedge benchmark: GetCurrentPrincipal, {ROUNDS}x{CALLS_PER_ROUND} sequential calls "
           f"per row, then {THROUGHPUT_S:g} s at concurrency {CONCURRENCY}\n")
@@ -256,6 +326,12 @@ def report(rows: list[dict[str, object]]) -> None:
     print(f"\nedge overhead, gRPC p50: {overhead['grpc_p50_ms']:+.3f} ms "
           f"(router-only Envoy: {overhead['grpc_p50_ms_router_only']:+.3f} ms; "
           f"Check on every call: {overhead['grpc_p50_ms_check_every_call']:+.3f} ms)")
+    print(f"\nwhat each part of the edge costs (gRPC p50; the shipped edge without one part, "
+          f"{ROUNDS}x{CALLS_PER_ROUND} calls each, interleaved)\n")
+    print(f"{'edge':<48} {'p50 ms':>8} {'p99 ms':>8} {'part costs':>10}")
+    for r in parts:
+        cost = "" if r["part_cost_p50_ms"] is None else f"{r['part_cost_p50_ms']:+.3f}"
+        print(f"{r['path']:<48} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {cost:>10}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "benchmark": "edge", "command": "make bench-edge",
@@ -264,7 +340,7 @@ def report(rows: list[dict[str, object]]) -> None:
                     "python": platform.python_version(), "platform": platform.platform()},
         "settings": {"rounds": ROUNDS, "calls_per_round": CALLS_PER_ROUND,
                      "throughput_seconds": THROUGHPUT_S, "concurrency": CONCURRENCY},
-        "rows": rows, "overhead": overhead}, indent=2) + "\n")
+        "rows": rows, "overhead": overhead, "parts": parts}, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")
 
 
