@@ -56,7 +56,9 @@ UNLIMITED = {"rate_limit_rps": 1_000_000}
 SHIPPED = "edge as shipped"
 
 
-Manager = dict[str, Any]
+Manager = dict[str, Any]  # an HTTP connection manager's typed_config
+ROUTER = "envoy.filters.http.router"
+_HTTP = "envoy.filters.http."
 
 
 def _drop_filters(*names: str) -> Callable[[Manager], None]:
@@ -74,8 +76,6 @@ def _no_request_id(manager: Manager) -> None:
     manager.update(generate_request_id=False, always_set_request_id_in_response=False)
 
 
-ROUTER = "envoy.filters.http.router"
-_HTTP = "envoy.filters.http."
 # Each part of the shipped edge, as an edit that removes it from the connection manager.
 PARTS: dict[str, Callable[[Manager], None]] = {
     "access log": lambda manager: manager.pop("access_log"),
