@@ -31,7 +31,7 @@ def _error(call, *args, **kwargs) -> grpc.RpcError:  # type: ignore[no-untyped-d
     return info.value
 
 
-def _violations(error: grpc.RpcError) -> list[str]:
+def _violated_fields(error: grpc.RpcError) -> list[str]:
     return [field for field, _ in violations(error)]
 
 
@@ -73,11 +73,11 @@ def test_create_token_validates_every_field(auth, tenant: Tenant) -> None:  # ty
         parent=tenant.parent, token=auth_pb2.Token(display_name="x" * 201, expire_time=past)),
         metadata=tenant.md(Role.ADMIN))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert set(_violations(error)) == {"token.role", "token.display_name", "token.expire_time"}
+    assert set(_violated_fields(error)) == {"token.role", "token.display_name", "token.expire_time"}
     error = _error(auth.CreateToken, auth_pb2.CreateTokenRequest(
         parent="projects", token=auth_pb2.Token(role=access_pb2.ROLE_VIEWER)),
         metadata=tenant.md(Role.ADMIN))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and _violations(error) == ["parent"]
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and _violated_fields(error) == ["parent"]
 
 
 def test_only_admins_mint_and_never_above_their_role(auth, tenant: Tenant) -> None:  # type: ignore[no-untyped-def]
@@ -91,7 +91,7 @@ def test_only_admins_mint_and_never_above_their_role(auth, tenant: Tenant) -> No
     error = _error(auth.CreateToken, auth_pb2.CreateTokenRequest(
         parent=tenant.parent, token=auth_pb2.Token(role=4)), metadata=tenant.md(Role.ADMIN))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _violations(error) == ["token.role"]
+    assert _violated_fields(error) == ["token.role"]
     # An admin may mint every role up to its own.
     for role in (access_pb2.ROLE_VIEWER, access_pb2.ROLE_EDITOR, access_pb2.ROLE_ADMIN):
         assert _mint(auth, tenant, role).role == role
@@ -148,14 +148,14 @@ def test_list_tokens_pages_with_tamper_checked_tokens(auth, tenant: Tenant) -> N
         error = _error(auth.ListTokens, auth_pb2.ListTokensRequest(
             parent=tenant.parent, page_size=3, page_token=bad), metadata=md)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert _violations(error) == ["page_token"]
+        assert _violated_fields(error) == ["page_token"]
     # A token of one list is not valid for another (other filter).
     error = _error(auth.ListTokens, auth_pb2.ListTokensRequest(
         parent=tenant.parent, page_size=3, page_token=first, show_inactive=True), metadata=md)
-    assert _violations(error) == ["page_token"]
+    assert _violated_fields(error) == ["page_token"]
     error = _error(auth.ListTokens, auth_pb2.ListTokensRequest(
         parent=tenant.parent, page_size=-1), metadata=md)
-    assert _violations(error) == ["page_size"]
+    assert _violated_fields(error) == ["page_size"]
 
 
 def test_revoke_is_idempotent_and_hides_the_token_from_default_lists(auth, tenant: Tenant) -> None:  # type: ignore[no-untyped-def]

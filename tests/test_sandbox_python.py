@@ -364,7 +364,7 @@ def test_every_refused_limit_is_named(sandbox, tenant) -> None:  # type: ignore[
         execute(sandbox, tenant, source="def main(i):\n    return 1\n",
                 limit=limits(timeout_s=-1, memory_mb=1 << 20, cpu_s=10_000))
     assert set(violation_descriptions(info.value)) == {"limits.timeout", "limits.memory_mb",
-                                           "limits.cpu_time"}
+                                                       "limits.cpu_time"}
 
 
 def test_language_is_required(sandbox, tenant) -> None:  # type: ignore[no-untyped-def]
